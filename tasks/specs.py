@@ -1,0 +1,272 @@
+"""Pydantic contracts between DAG tasks and engines.
+
+A task writes a spec (JSON) into the lake; the engine runs ``python -m <engine> SPEC_URI`` locally or in a
+pod, and writes ``result.json`` beside the spec. Both sides validate with these models, so a bad field is
+reported by name before any work starts.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+Usage = Literal["pretrain", "sft", "rl", "reward_model", "model_test"]
+Method = Literal["pretrain", "sft_full", "sft_lora", "prompt_tuning", "reward_model", "dpo", "distill"]
+InputFormat = Literal["auto", "jsonl", "json", "csv", "parquet", "txt", "alpaca", "sharegpt", "openai"]
+
+
+def check_name(value: str, what: str = "name") -> str:
+    """Seed naming rule: lowercase letters, digits and '-', starting and ending with a letter or digit."""
+    if not NAME_RE.match(value) or len(value) > 63:
+        raise ValueError(
+            f"{what} {value!r} is invalid: use lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit (at most 63 characters)"
+        )
+    return value
+
+
+def slug(value: str) -> str:
+    """Turn any run id (e.g. Airflow's 'manual__2026-01-01T00:00:00+00:00') into a valid name."""
+    s = re.sub(r"[^a-z0-9]+", "-", value.lower()).strip("-")
+    return s[:63].strip("-") or "run"
+
+
+class Spec(BaseModel):
+    """Fields every engine spec has."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_key: str = Field(description="Idempotency key of the run (an Airflow run id, or any unique string).")
+
+
+# ---------------------------------------------------------------- data engine
+
+
+class InputSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    uri: str = Field(description="File, directory or lake URI of the raw data.")
+    format: InputFormat = Field(default="auto", description="Input format; auto picks from the suffix.")
+    field_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="Canonical field -> source field, e.g. {'context': 'question', 'target': 'std_answer'}. "
+        "List-valued source fields are joined with newlines.",
+    )
+    source: str | None = Field(default=None, description="Source label stored in each record's meta.")
+
+
+class OperatorStep(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Operator name from the spark_ops catalogue, e.g. 'normalize'.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Operator parameters.")
+
+
+class SparkResources(BaseModel):
+    """Spark resources with the seed's defaults and constraints (REQUIREMENTS §1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_executors: int = Field(default=2, ge=1, description="Number of executors (spark.executor.instances).")
+    executor_cores: int = Field(default=2, ge=1, description="Cores per executor.")
+    executor_memory_gb: int = Field(default=4, ge=1, description="Memory per executor in GB.")
+    driver_cores: int = Field(default=2, ge=1, description="Driver cores.")
+    driver_memory_gb: int = Field(default=4, ge=1, description="Driver memory in GB.")
+    conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark confs, name -> value.")
+
+    @model_validator(mode="after")
+    def _seed_constraints(self) -> SparkResources:
+        for role, cores, mem in (
+            ("executor", self.executor_cores, self.executor_memory_gb),
+            ("driver", self.driver_cores, self.driver_memory_gb),
+        ):
+            if not 2 * cores <= mem <= 4 * cores:
+                raise ValueError(
+                    f"{role} cores:memory must be between 1:2 and 1:4 GB; got {cores} cores, {mem} GB"
+                )
+        total = self.num_executors * self.executor_memory_gb
+        if not 4 <= total <= 16:
+            raise ValueError(f"num_executors x executor_memory_gb must be between 4 and 16 GB; got {total}")
+        return self
+
+
+class ProcessSpec(Spec):
+    """Import raw inputs onto the canonical schema, run an operator recipe, write Parquet + manifest."""
+
+    inputs: list[InputSource] = Field(min_length=1, description="Raw inputs, read in order.")
+    usage: Usage = Field(description="What the data is for; decides the canonical schema.")
+    operators: list[OperatorStep] = Field(default_factory=list, description="Ordered operator recipe.")
+    spark: SparkResources = Field(default_factory=SparkResources)
+    output_uri: str = Field(description="Lake directory the engine writes data/ and manifest.json into.")
+    max_reject_ratio: float = Field(
+        default=0.1, ge=0, le=1, description="Fail the import when more than this share of records is rejected."
+    )
+
+
+# ---------------------------------------------------------------- training engine
+
+
+class TinyModelConfig(BaseModel):
+    """A Llama built from config, for the embedded default and tests."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hidden_size: int = Field(default=256, ge=16, description="Hidden size.")
+    intermediate_size: int = Field(default=688, ge=16, description="MLP size.")
+    num_hidden_layers: int = Field(default=4, ge=1, description="Decoder layers.")
+    num_attention_heads: int = Field(default=4, ge=1, description="Attention heads (head dim = hidden/heads).")
+    num_key_value_heads: int = Field(default=4, ge=1, description="Key/value heads (GQA when fewer).")
+    vocab_size: int = Field(default=8000, ge=256, description="Vocabulary of the locally trained tokenizer.")
+    max_position_embeddings: int = Field(default=512, ge=32, description="Longest context.")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyModelConfig:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("hidden_size must be divisible by num_attention_heads")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("num_attention_heads must be divisible by num_key_value_heads")
+        return self
+
+
+class HyperParams(BaseModel):
+    """Training hyperparameters; the DAG Params form shows the same descriptions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: float = Field(default=3, gt=0, le=50, description="Passes over the training data (1-50).")
+    max_steps: int = Field(default=-1, description="Stop after this many optimizer steps (-1: use epochs).")
+    batch_size: int = Field(default=8, ge=1, le=1024, description="Per-device batch size.")
+    gradient_accumulation_steps: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
+    learning_rate: float = Field(default=2e-5, ge=1e-6, le=5e-3, description="Peak learning rate.")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        default="cosine", description="Learning-rate schedule after warmup."
+    )
+    warmup_ratio: float = Field(default=0.01, ge=0, le=0.5, description="Share of steps spent warming up.")
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1, description="Decay floor: min LR = LR x ratio.")
+    weight_decay: float = Field(default=0.1, ge=0, le=1, description="AdamW weight decay.")
+    optimizer: Literal["adamw"] = Field(default="adamw", description="Optimizer.")
+    max_seq_length: int = Field(default=256, ge=16, le=32768, description="Tokens per training sequence.")
+    lora_r: int = Field(default=8, ge=1, le=256, description="LoRA rank.")
+    lora_alpha: int = Field(default=16, ge=1, description="LoRA alpha (scale = alpha / r).")
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1, description="LoRA dropout.")
+    seed: int = Field(default=42, description="Random seed.")
+    logging_steps: int = Field(default=5, ge=1, description="Log metrics every N steps.")
+    save_strategy: Literal["no", "steps", "epoch"] = Field(default="no", description="Checkpoint strategy.")
+    save_steps: int = Field(default=500, ge=1, description="Checkpoint every N steps (strategy 'steps').")
+    save_total_limit: int | None = Field(default=2, description="Keep at most N checkpoints (None: all).")
+
+
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    # Seed defaults (REQUIREMENTS §2): pretrain epochs 1, batch 32, lr 5e-6; SFT epochs 3, batch 8, lr 2e-5.
+    "pretrain": {"epochs": 1, "batch_size": 32, "learning_rate": 5e-6},
+    "sft_full": {"epochs": 3, "batch_size": 8, "learning_rate": 2e-5},
+    "sft_lora": {"epochs": 3, "batch_size": 8, "learning_rate": 2e-5},
+    "prompt_tuning": {"epochs": 3, "batch_size": 8, "learning_rate": 2e-5},
+    "reward_model": {"epochs": 1, "batch_size": 8, "learning_rate": 2e-5},
+    "dpo": {"epochs": 1, "batch_size": 8, "learning_rate": 5e-6},
+    "distill": {"epochs": 3, "batch_size": 8, "learning_rate": 2e-5, "warmup_ratio": 0.1},
+}
+
+
+def default_hyperparams(method: str, **overrides: Any) -> HyperParams:
+    """Hyperparameters with the seed defaults of ``method``, then ``overrides``."""
+    return HyperParams(**{**METHOD_DEFAULTS.get(method, {}), **overrides})
+
+
+class TrainSpec(Spec):
+    """Train or fine-tune a model and register it in MLflow."""
+
+    method: Method = Field(description="Training method.")
+    base_model: str = Field(
+        default="tiny",
+        description="'tiny' (a Llama from config + a tokenizer trained on the data), a local/lake Hugging "
+        "Face model directory, or a registered version 'models:/<name>/<version>'.",
+    )
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    train_uri: str = Field(description="Lake directory of the training dataset version (Parquet under data/).")
+    eval_uri: str | None = Field(default=None, description="Optional evaluation dataset version.")
+    validation_split: float = Field(default=0.05, ge=0, lt=1, description="Held-out share when no eval set.")
+    dataset_ref: str | None = Field(default=None, description="Catalogue reference SCENE/NAME@Vn, for lineage.")
+    hyperparams: HyperParams = Field(default_factory=HyperParams)
+    output_uri: str = Field(description="Lake directory for the final model (and checkpoints).")
+    experiment: str = Field(default="forgeflow-train", description="MLflow experiment name.")
+    register_as: str | None = Field(default=None, description="Registered model name; None skips registration.")
+    merge_lora: bool = Field(default=True, description="Merge a LoRA adapter into its base before registering.")
+
+    @field_validator("register_as")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        return None if v is None else check_name(v, "register_as")
+
+
+# ---------------------------------------------------------------- evaluation engine
+
+
+class GenerationParams(BaseModel):
+    """Inference defaults from the seeds: temperature 0.3, top_p 1, presence_penalty 0."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(default=0.3, ge=0, le=2, description="Sampling temperature.")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2, description="Presence penalty.")
+    max_tokens: int = Field(default=128, ge=1, le=32768, description="Most tokens generated per answer.")
+    seed: int | None = Field(default=0, description="Sampling seed where the server supports it.")
+
+
+class Endpoint(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field(description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.")
+    model: str = Field(description="Model name the server knows.")
+    api_key: str | None = Field(default=None, description="Bearer key, if the server wants one.")
+
+
+class EvalSpec(Spec):
+    """Generate answers for a test set through an OpenAI-compatible endpoint and score them."""
+
+    endpoint: Endpoint
+    dataset_uri: str = Field(description="Test data: a dataset version directory, Parquet or JSONL file.")
+    dataset_ref: str | None = Field(default=None, description="Catalogue reference SCENE/NAME@Vn, for lineage.")
+    max_samples: int | None = Field(default=100, ge=1, description="Evaluate at most N records (None: all).")
+    concurrency: int = Field(default=4, ge=1, le=64, description="Requests in flight.")
+    generation: GenerationParams = Field(default_factory=GenerationParams)
+    metrics: list[Literal["rouge_l", "bleu_4"]] = Field(default_factory=lambda: ["rouge_l", "bleu_4"])
+    experiment: str = Field(default="forgeflow-evaluate", description="MLflow experiment name.")
+    model_ref: str | None = Field(default=None, description="Registered model under test, models:/name/version.")
+    output_uri: str = Field(description="Lake directory for predictions.jsonl and metrics.json.")
+
+
+# ---------------------------------------------------------------- serving engine
+
+
+class ServeSpec(Spec):
+    """Start (or replace) a model service with an OpenAI-compatible API."""
+
+    service_name: Annotated[str, Field(description="Service name (seed naming rule).")]
+    model: str = Field(description="models:/<name>/<version>, or a model directory.")
+    backend: Literal["auto", "vllm", "fallback"] = Field(
+        default="auto", description="auto tries vLLM and falls back when it cannot start."
+    )
+    port: int = Field(default=0, ge=0, le=65535, description="Port; 0 picks a free one.")
+    served_model_name: str | None = Field(default=None, description="Model name in the API (default: service).")
+    max_model_len: int = Field(default=512, ge=16, description="Longest context the server accepts.")
+    startup_timeout_s: int = Field(default=600, ge=10, description="Give up when not healthy by then.")
+    ttl_minutes: int | None = Field(default=None, ge=1, description="Stop the service after this long.")
+    extra_args: list[str] = Field(default_factory=list, description="Extra vLLM arguments.")
+
+    @field_validator("service_name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v, "service_name")
+
+
+SPEC_TYPES: dict[str, type[Spec]] = {
+    "spark_ops.run": ProcessSpec,
+    "trainers.train": TrainSpec,
+    "trainers.evaluate": EvalSpec,
+    "serving.deploy": ServeSpec,
+}
