@@ -1,0 +1,110 @@
+"""Models: the tiny Llama built from config, loading a base model, LoRA, and the saved model directory.
+
+A saved model is a standard ``LlamaForCausalLM``-style Hugging Face directory (float32 safetensors,
+tokenizer with its chat template, ``generation_config.json`` whose eos ids stop at the end of a turn,
+and ``forgeflow.json`` with the resolved spec), so vLLM and the transformers fallback both serve it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainers.data import stop_token_ids
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from tasks.specs import HyperParams, TinyModelConfig
+
+# Every linear projection of a Llama decoder layer: attention and MLP (QLoRA's "all linear" recipe).
+LLAMA_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+FORGEFLOW_FILE = "forgeflow.json"
+
+
+def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
+    """A randomly initialised Llama sized by ``cfg``, its vocabulary matching ``tokenizer``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        # Tied embeddings halve the parameters of a small-vocabulary model; vLLM's Llama supports them.
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    return model.to(torch.float32)
+
+
+def load_base(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A base model and its tokenizer from a local Hugging Face directory, weights in float32."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:  # batching needs one; padding is masked out anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model, tokenizer
+
+
+def add_lora(model: PreTrainedModel, hp: HyperParams) -> PreTrainedModel:
+    """Wrap ``model`` with a LoRA adapter on all linear projections; only the adapter trains."""
+    from peft import LoraConfig, get_peft_model
+
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = [t for t in LLAMA_LORA_TARGETS if t in present]
+    if not targets:
+        raise ValueError(
+            f"sft_lora: the base model ({type(model).__name__}) has none of the Llama projection modules "
+            f"{LLAMA_LORA_TARGETS}; use sft_full or a Llama-family base"
+        )
+    config = LoraConfig(
+        r=hp.lora_r,
+        lora_alpha=hp.lora_alpha,
+        lora_dropout=hp.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def count_parameters(model: PreTrainedModel) -> tuple[int, int]:
+    """(trainable, total) parameter counts; tied weights counted once."""
+    seen: set[int] = set()
+    trainable = total = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return trainable, total
+
+
+def save_model_dir(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path, forgeflow: dict[str, Any]
+) -> Path:
+    """Write the servable model directory: weights, tokenizer, chat template, generation config, spec."""
+    from transformers import GenerationConfig
+
+    target.mkdir(parents=True, exist_ok=True)
+    stops = stop_token_ids(tokenizer)
+    model.generation_config = GenerationConfig(
+        eos_token_id=stops, pad_token_id=tokenizer.pad_token_id, bos_token_id=model.config.bos_token_id
+    )
+    model.save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
+    (target / FORGEFLOW_FILE).write_text(json.dumps(forgeflow, ensure_ascii=False, indent=2, default=str))
+    return target

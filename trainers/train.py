@@ -1,0 +1,416 @@
+"""Training engine: pretrain, full SFT and LoRA SFT with the transformers Trainer, tracked in MLflow.
+
+    python -m trainers.train SPEC_URI        # SPEC_URI: a TrainSpec JSON (path or lake URI)
+
+Reads top to bottom: setup (method check, seed, MLflow run) -> data (dataset version -> token blocks or
+masked chat examples) -> model (the tiny Llama with a tokenizer trained on the data, or a base model,
+optionally with LoRA) -> Trainer -> save (a servable Hugging Face directory at ``<output_uri>/model``,
+logged to MLflow and registered when ``register_as`` is set). ``result.json`` lands beside the spec.
+
+A rerun with the same ``run_key`` returns the finished run's result instead of training again, so a
+retried Airflow task never registers a second model version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tasks.engine import engine_main
+from tasks.registry import client, ensure_experiment, register_model_dir
+from tasks.specs import HyperParams, TrainSpec
+from tasks.storage import Lake
+from trainers.data import (
+    ChatRecord,
+    DataError,
+    PadCollator,
+    TokenDataset,
+    chat_records,
+    encode_chat,
+    pack_sequences,
+    pretrain_texts,
+    read_records,
+    split_indices,
+    train_tokenizer,
+)
+from trainers.modeling import add_lora, build_tiny_model, count_parameters, load_base, save_model_dir
+from trainers.tracking import MlflowStepLogger, code_version, flatten, perplexity
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from transformers import PreTrainedTokenizerBase, TrainingArguments
+
+log = logging.getLogger("forgeflow.trainers.train")
+
+SUPPORTED_METHODS = ("pretrain", "sft_full", "sft_lora")
+RESULT_ARTIFACT = "result.json"
+RUN_KEY_TAG = "forgeflow.run_key"
+
+
+class UnsupportedMethodError(ValueError):
+    """The spec asks for a training method this engine does not implement yet."""
+
+
+def check_method(method: str) -> None:
+    if method not in SUPPORTED_METHODS:
+        raise UnsupportedMethodError(
+            f"training method {method!r} is not available in this engine yet; "
+            f"available methods: {', '.join(SUPPORTED_METHODS)} (set the spec's 'method' field to one of them)"
+        )
+
+
+# ---------------------------------------------------------------- spec -> TrainingArguments
+
+
+def training_arguments(hp: HyperParams, output_dir: Path) -> TrainingArguments:
+    """TrainingArguments from the spec's hyperparameters (cosine decays to LR x min_lr_ratio)."""
+    import torch
+    from transformers import TrainingArguments
+
+    scheduler, scheduler_kwargs = hp.lr_scheduler, {}
+    if hp.lr_scheduler == "cosine":
+        scheduler, scheduler_kwargs = "cosine_with_min_lr", {"min_lr_rate": hp.min_lr_ratio}
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=hp.epochs,
+        max_steps=hp.max_steps,
+        per_device_train_batch_size=hp.batch_size,
+        per_device_eval_batch_size=hp.batch_size,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        learning_rate=hp.learning_rate,
+        lr_scheduler_type=scheduler,
+        lr_scheduler_kwargs=scheduler_kwargs,
+        # A float in [0, 1) is a ratio of the total steps in transformers 5.
+        warmup_steps=float(hp.warmup_ratio),
+        weight_decay=hp.weight_decay,
+        optim="adamw_torch",
+        max_grad_norm=1.0,
+        seed=hp.seed,
+        data_seed=hp.seed,
+        logging_strategy="steps",
+        logging_steps=hp.logging_steps,
+        logging_first_step=True,
+        save_strategy=hp.save_strategy,
+        save_steps=hp.save_steps,
+        save_total_limit=hp.save_total_limit,
+        eval_strategy="no",  # one evaluation at the end keeps CPU runs short
+        include_num_input_tokens_seen="non_padding",
+        use_cpu=not cuda,
+        bf16=cuda and torch.cuda.is_bf16_supported(),  # mixed precision; saved weights stay float32
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        report_to="none",  # this engine logs to MLflow itself
+        disable_tqdm=True,
+    )
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass
+class PreparedData:
+    """Tokenised train/validation sets and the statistics worth logging."""
+
+    train: TokenDataset
+    eval: TokenDataset | None
+    stats: dict[str, float | int] = field(default_factory=dict)
+
+
+def load_frame(lake: Lake, uri: str, what: str) -> pd.DataFrame:
+    try:
+        with lake.fetch(uri) as path:
+            df = read_records(path)
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"{what} {uri}: cannot read it ({type(e).__name__}: {e})") from e
+    if df.empty:
+        raise DataError(f"{what} {uri}: no records")
+    return df
+
+
+def tokenizer_corpus(method: str, train_df: pd.DataFrame, source: str) -> list[str]:
+    """The texts a fresh tokenizer learns from: pretrain text, or every turn of the conversations."""
+    if method == "pretrain":
+        return pretrain_texts(train_df, source)
+    texts = []
+    for r in chat_records(train_df, source):
+        texts.extend([*(s for s in [r.system] if s), *r.context, r.target])
+    return texts
+
+
+def prepare_pretrain(
+    spec: TrainSpec, tokenizer: PreTrainedTokenizerBase, train_df: pd.DataFrame, eval_df: pd.DataFrame | None
+) -> PreparedData:
+    """Pack tokenised documents into max_seq_length blocks; validation documents are packed apart."""
+    texts = pretrain_texts(train_df, spec.train_uri)
+    if eval_df is not None:
+        eval_texts = pretrain_texts(eval_df, spec.eval_uri or "")
+    else:
+        train_idx, val_idx = split_indices(len(texts), spec.validation_split, spec.hyperparams.seed)
+        texts, eval_texts = [texts[i] for i in train_idx], [texts[i] for i in val_idx]
+    block, eos = spec.hyperparams.max_seq_length, tokenizer.eos_token_id
+
+    def encode(batch: list[str]) -> list[list[int]]:
+        return tokenizer(batch, add_special_tokens=False)["input_ids"] if batch else []
+
+    packed = pack_sequences(encode(texts), block, eos)
+    if not packed.blocks:
+        raise DataError(
+            f"train_uri {spec.train_uri}: {packed.total_tokens} tokens is less than one block of "
+            f"max_seq_length={block}; add data or lower hyperparams.max_seq_length"
+        )
+    val = pack_sequences(encode(eval_texts), block, eos, keep_tail=True)
+    as_items = [{"input_ids": b, "labels": b} for b in packed.blocks]
+    eval_items = [{"input_ids": b, "labels": b} for b in val.blocks]
+    stats = {
+        "train_documents": len(texts),
+        "eval_documents": len(eval_texts),
+        "train_tokens": packed.total_tokens,
+        "train_blocks": len(packed.blocks),
+        "packing_waste": round(packed.waste, 6),
+    }
+    return PreparedData(TokenDataset(as_items), TokenDataset(eval_items) if eval_items else None, stats)
+
+
+def prepare_sft(
+    spec: TrainSpec, tokenizer: PreTrainedTokenizerBase, train_df: pd.DataFrame, eval_df: pd.DataFrame | None
+) -> PreparedData:
+    """Chat-template each record and mask all but the answer; truncate to max_seq_length."""
+    records = chat_records(train_df, spec.train_uri)
+    if eval_df is not None:
+        eval_records = chat_records(eval_df, spec.eval_uri or "")
+    else:
+        train_idx, val_idx = split_indices(len(records), spec.validation_split, spec.hyperparams.seed)
+        records, eval_records = [records[i] for i in train_idx], [records[i] for i in val_idx]
+
+    counts = {"truncated": 0, "dropped": 0}
+
+    def encode(rs: list[ChatRecord]) -> list[dict[str, list[int]]]:
+        items = []
+        for r in rs:
+            ex = encode_chat(tokenizer, r, spec.hyperparams.max_seq_length)
+            if ex is None:
+                counts["dropped"] += 1
+                continue
+            counts["truncated"] += ex.truncated
+            items.append({"input_ids": ex.input_ids, "labels": ex.labels})
+        return items
+
+    train_items, eval_items = encode(records), encode(eval_records)
+    if not train_items:
+        raise DataError(
+            f"train_uri {spec.train_uri}: every prompt is longer than max_seq_length="
+            f"{spec.hyperparams.max_seq_length}, so no answer token is left; raise hyperparams.max_seq_length"
+        )
+    answer_tokens = sum(sum(t != -100 for t in x["labels"]) for x in train_items)
+    stats = {
+        "train_records": len(train_items),
+        "eval_records": len(eval_items),
+        "train_tokens": sum(len(x["input_ids"]) for x in train_items),
+        "train_answer_tokens": answer_tokens,
+        "truncated_records": counts["truncated"],
+        "dropped_records": counts["dropped"],
+    }
+    return PreparedData(TokenDataset(train_items), TokenDataset(eval_items) if eval_items else None, stats)
+
+
+# ---------------------------------------------------------------- MLflow helpers
+
+
+def finished_result(experiment_id: str, run_key: str) -> dict[str, Any] | None:
+    """The result of an earlier finished run with this run key, if any (idempotent retries)."""
+    import mlflow
+
+    if "'" in run_key:  # cannot be quoted in an MLflow filter; such keys are never reused by Airflow
+        return None
+    runs = client().search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        return None
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=runs[0].info.run_id, artifact_path=RESULT_ARTIFACT)
+    except Exception:  # finished without a result (e.g. killed between the last two calls): train again
+        return None
+    return json.loads(Path(path).read_text())
+
+
+def log_dataset_input(df: pd.DataFrame, source: str, name: str) -> None:
+    """Record the training data as an MLflow dataset input (lineage); a failure only warns."""
+    import mlflow
+
+    try:
+        # List/struct columns are not hashable for MLflow's digest; their JSON text is.
+        flat = df.copy()
+        for col in flat.columns:
+            if flat[col].map(lambda v: not isinstance(v, str | int | float | bool | type(None))).any():
+                flat[col] = flat[col].map(lambda v: json.dumps(v, ensure_ascii=False, default=str))
+        mlflow.log_input(mlflow.data.from_pandas(flat, source=source, name=name), context="training")
+    except Exception as e:
+        log.warning("could not log the dataset input to MLflow (lineage only): %s", e)
+
+
+# ---------------------------------------------------------------- the engine
+
+
+def run(spec: TrainSpec) -> dict[str, Any]:
+    """Train as the spec says; returns the result dict that becomes result.json."""
+    import mlflow
+    import torch
+    from transformers import Trainer, set_seed
+
+    # ---- setup
+    check_method(spec.method)
+    hp = spec.hyperparams
+    lake = Lake.from_settings()
+    experiment_id = ensure_experiment(spec.experiment)
+    previous = finished_result(experiment_id, spec.run_key)
+    if previous is not None:
+        log.info(
+            "run_key %s already finished in experiment %s; returning its result",
+            spec.run_key,
+            spec.experiment,
+        )
+        return previous
+    set_seed(hp.seed)
+
+    # ---- data
+    train_df = load_frame(lake, spec.train_uri, "train_uri")
+    eval_df = load_frame(lake, spec.eval_uri, "eval_uri") if spec.eval_uri else None
+
+    # ---- model
+    if spec.base_model == "tiny":
+        tokenizer = train_tokenizer(
+            tokenizer_corpus(spec.method, train_df, spec.train_uri), spec.tiny.vocab_size
+        )
+        model = build_tiny_model(spec.tiny, tokenizer, hp.seed)
+        base_path = None
+    else:
+        from tasks.registry import fetch_model
+
+        base_path = fetch_model(spec.base_model)
+        model, tokenizer = load_base(base_path)
+    prepare = prepare_pretrain if spec.method == "pretrain" else prepare_sft
+    data = prepare(spec, tokenizer, train_df, eval_df)
+    if spec.method == "sft_lora":
+        model = add_lora(model, hp)
+    trainable, total = count_parameters(model)
+    log.info("model: %s trainable of %s parameters; data: %s", f"{trainable:,}", f"{total:,}", data.stats)
+
+    c = client()
+    tags = {
+        RUN_KEY_TAG: spec.run_key,
+        "method": spec.method,
+        "dataset_ref": spec.dataset_ref or spec.train_uri,
+        "base_model": spec.base_model,
+        "code_version": code_version(),
+    }
+    with mlflow.start_run(experiment_id=experiment_id, run_name=spec.run_key, tags=tags) as active:
+        run_id = active.info.run_id
+        steps_per_epoch = math.ceil(len(data.train) / (hp.batch_size * hp.gradient_accumulation_steps))
+        total_steps = hp.max_steps if hp.max_steps > 0 else math.ceil(hp.epochs * steps_per_epoch)
+        resolved = {
+            "total_steps": total_steps,
+            "warmup_steps": math.ceil(hp.warmup_ratio * total_steps),
+            "min_learning_rate": hp.learning_rate * hp.min_lr_ratio if hp.lr_scheduler == "cosine" else None,
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "vocab_size": len(tokenizer),
+            "trainable_parameters": trainable,
+            "total_parameters": total,
+            **data.stats,
+        }
+        mlflow.log_params({**flatten(spec.model_dump(mode="json")), **flatten(resolved, "resolved.")})
+        mlflow.log_dict(spec.model_dump(mode="json"), "spec.json")
+        log_dataset_input(train_df, spec.train_uri, spec.dataset_ref or spec.train_uri)
+
+        # ---- Trainer
+        with lake.stage(spec.output_uri) as out:
+            step_logger = MlflowStepLogger(c, run_id)
+            trainer = Trainer(
+                model=model,
+                args=training_arguments(hp, out / "checkpoints"),
+                train_dataset=data.train,
+                eval_dataset=data.eval,
+                data_collator=PadCollator(tokenizer.pad_token_id),
+                processing_class=tokenizer,
+                callbacks=[step_logger],
+            )
+            train_output = trainer.train()
+            eval_loss = trainer.evaluate()["eval_loss"] if data.eval is not None else None
+
+            # ---- save
+            forgeflow = {
+                "spec": spec.model_dump(mode="json"),
+                "resolved": resolved,
+                "mlflow_run_id": run_id,
+                "base_model_path": str(base_path) if base_path else None,
+                "code_version": tags["code_version"],
+            }
+            model_dir = out / "model"
+            if spec.method == "sft_lora":
+                adapter_dir = out / "adapter"
+                trainer.model.save_pretrained(adapter_dir)
+                tokenizer.save_pretrained(adapter_dir)
+                mlflow.log_artifacts(str(adapter_dir), "adapter")
+                final = trainer.model.merge_and_unload() if spec.merge_lora else trainer.model
+                forgeflow["format"] = "merged" if spec.merge_lora else "peft_adapter"
+            else:
+                final = trainer.model
+                forgeflow["format"] = "full"
+            save_model_dir(final, tokenizer, model_dir, forgeflow)
+            mlflow.log_artifacts(str(model_dir), "model")
+
+        # ---- metrics and registration
+        runtime = float(train_output.metrics.get("train_runtime", 0.0))
+        tokens = int(trainer.state.num_input_tokens_seen)
+        metrics = {
+            "train_loss": float(train_output.training_loss),
+            "eval_loss": float(eval_loss) if eval_loss is not None else None,
+            "perplexity": perplexity(eval_loss) if eval_loss is not None else None,
+            "tokens_per_second": tokens / runtime if runtime > 0 else None,
+        }
+        final_metrics = {**metrics, "train_runtime": runtime, "train_tokens_seen": float(tokens)}
+        mlflow.log_metrics(
+            {k: v for k, v in final_metrics.items() if v is not None}, step=trainer.state.global_step
+        )
+
+        version = None
+        if spec.register_as:
+            version = register_model_dir(
+                run_id,
+                "model",
+                spec.register_as,
+                description=f"{spec.method} of {spec.base_model} on {spec.dataset_ref or spec.train_uri}",
+                tags={k: v for k, v in tags.items() if k != RUN_KEY_TAG} | {"run_key": spec.run_key},
+            )
+        result: dict[str, Any] = {
+            "mlflow_run_id": run_id,
+            "experiment_id": experiment_id,
+            "model_uri": f"{spec.output_uri.rstrip('/')}/model",
+            "registered_model": spec.register_as,
+            "model_version": version,
+            "steps": trainer.state.global_step,
+            "metrics": metrics,
+        }
+        if spec.method == "pretrain":
+            result["packing_waste"] = data.stats["packing_waste"]
+        # Logged last: its presence marks the run complete for finished_result().
+        mlflow.log_dict(result, RESULT_ARTIFACT)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    return engine_main(TrainSpec, run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
