@@ -136,14 +136,3 @@ def sentence_bleu(prediction: str, reference: str) -> float:
     """Sentence-level BLEU-4 with NIST geometric smoothing."""
     return bleu_from_stats(bleu_stats(tokenize(prediction), tokenize(reference)), smooth=True)
 
-
-def score_corpus(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """The evaluation engine's aggregate metrics over (prediction, reference) pairs."""
-    n = len(predictions)
-    if n == 0:
-        return {}
-    return {
-        "rouge_l": sum(map(rouge_l, predictions, references)) / n,
-        "bleu_4": corpus_bleu(predictions, references),
-        "bleu_4_sentence_mean": sum(map(sentence_bleu, predictions, references)) / n,
-    }

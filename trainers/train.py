@@ -345,6 +345,9 @@ def run(spec: TrainSpec) -> dict[str, Any]:
                 callbacks=[step_logger],
             )
             train_output = trainer.train()
+            checkpoints = out / "checkpoints"
+            if checkpoints.is_dir() and not any(checkpoints.iterdir()):  # save_strategy 'no'
+                checkpoints.rmdir()
             eval_loss = trainer.evaluate()["eval_loss"] if data.eval is not None else None
 
             # ---- save
