@@ -37,6 +37,7 @@ from tasks.specs import ServeSpec
 log = logging.getLogger("forgeflow.serving.deploy")
 
 LOG_TAIL_LINES = 40
+FAILED_VLLM_LOG = "vllm-failed.log"  # kept beside server.log when auto falls back
 HEALTH_POLL_S = 1.0
 # Servers must never reach a model hub: weights come from the registry or the lake.
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
@@ -245,7 +246,7 @@ def start_and_wait(
             next_note = now + 30
         time.sleep(HEALTH_POLL_S)
 
-    record.status = "running"
+    record.state = "running"
     services.write_record(record)
     log.info("%s server healthy after %.1f s at %s", plan.backend, time.monotonic() - t0, record.url)
     return record
@@ -285,6 +286,8 @@ def deploy(spec: ServeSpec, settings: Settings | None = None) -> dict[str, Any]:
     model_dir = resolve_model_dir(spec.model)
     if services.stop_service(spec.service_name):
         log.info("stopped the running service %r to replace it", spec.service_name)
+    stale_failure = services.service_dir(spec.service_name) / FAILED_VLLM_LOG
+    stale_failure.unlink(missing_ok=True)  # from an earlier deploy; would mislead whoever reads this one
     t0 = time.monotonic()
 
     fallback_reason: str | None = None
@@ -310,7 +313,7 @@ def deploy(spec: ServeSpec, settings: Settings | None = None) -> dict[str, Any]:
                 # Keep vLLM's log for diagnosis; the fallback writes a fresh server.log.
                 failed = services.service_dir(spec.service_name) / services.LOG_FILE
                 if failed.exists():
-                    failed.replace(failed.with_name("vllm-failed.log"))
+                    failed.replace(stale_failure)
         log.warning(
             "\n%s\nvLLM WILL NOT SERVE %r: %s\nStarting the FALLBACK server (transformers, one request at a "
             "time) instead.\n%s",

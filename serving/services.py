@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -55,7 +54,8 @@ class ServiceRecord:
     log_path: str
     started_at: str  # ISO 8601, UTC
     expires_at: str | None = None  # ISO 8601, UTC; None: no TTL
-    status: str = "starting"  # "starting" until healthy, then "running"
+    # Not "status": the engine result already uses that key for success|failed.
+    state: str = "starting"  # "starting" until healthy, then "running"
     proc_start: int | None = None  # start time of pid in clock ticks (Linux), guards against PID reuse
     fallback_reason: str | None = None
 
@@ -286,14 +286,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def clear_service_dir(name: str, root: Path | None = None) -> Path:
-    """A fresh, empty service directory (the previous log and state go)."""
-    directory = service_dir(name, root)
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
-    return directory
-
-
 def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.services", description="Manage model services.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -316,7 +308,7 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"{'NAME':<24} {'BACKEND':<9} {'STATE':<8} {'URL':<30} {'PID':>7}  EXPIRES")
         for s in statuses:
             r = s.record
-            state = ("expired" if s.expired else r.status) if s.alive else "dead"
+            state = ("expired" if s.expired else r.state) if s.alive else "dead"
             print(f"{r.name:<24} {r.backend:<9} {state:<8} {r.url:<30} {r.pid:>7}  {r.expires_at or '-'}")
         return 0
     if args.command == "stop":
