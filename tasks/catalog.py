@@ -33,7 +33,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from tasks.specs import check_name
 
-REF_RE = re.compile(r"^(?P<scene>[a-z0-9-]+)/(?P<name>[a-z0-9-]+)(@(?P<version>V?\d+|latest|published))?$", re.I)
+REF_RE = re.compile(
+    r"^(?P<scene>[a-z0-9-]+)/(?P<name>[a-z0-9-]+)(@(?P<version>V?\d+|latest|published))?$", re.I
+)
 USAGES = ("pretrain", "sft", "rl", "reward_model", "model_test")
 # Which dataset usages each consumer may select (REQUIREMENTS §1: usage decides visibility).
 ALLOWED_USAGE: dict[str, tuple[str, ...]] = {
@@ -174,7 +176,9 @@ def parse_ref(ref: str) -> tuple[str, str, str | None]:
     """``SCENE/NAME[@Vn|@latest|@published]`` → (scene, name, selector or None)."""
     m = REF_RE.match(ref.strip())
     if not m:
-        raise CatalogError(f"dataset reference {ref!r} is invalid: expected SCENE/NAME@Vn (e.g. general/alpaca-zh@V1)")
+        raise CatalogError(
+            f"dataset reference {ref!r} is invalid: expected SCENE/NAME@Vn (e.g. general/alpaca-zh@V1)"
+        )
     return m["scene"].lower(), m["name"].lower(), m["version"]
 
 
@@ -251,9 +255,7 @@ class Catalog:
                 .group_by(Scene.name, Dataset.name, Dataset.note, Dataset.tags)
                 .order_by(Scene.name, Dataset.name)
             ).all()
-            return [
-                {"scene": r[0], "name": r[1], "note": r[2], "tags": r[3], "versions": r[4]} for r in rows
-            ]
+            return [{"scene": r[0], "name": r[1], "note": r[2], "tags": r[3], "versions": r[4]} for r in rows]
 
     @staticmethod
     def _dataset(s: Session, scene: str, name: str, required: bool = True) -> Dataset | None:
@@ -301,7 +303,9 @@ class Catalog:
                     if existing is not None:
                         return _info(existing)
                     number = (
-                        s.scalar(select(func.max(DatasetVersion.number)).where(DatasetVersion.dataset_id == ds.id))
+                        s.scalar(
+                            select(func.max(DatasetVersion.number)).where(DatasetVersion.dataset_id == ds.id)
+                        )
                         or 0
                     ) + 1
                     v = DatasetVersion(
@@ -343,7 +347,11 @@ class Catalog:
             if sel is None or sel.lower() == "latest":
                 q = q.order_by(DatasetVersion.number.desc()).limit(1)
             elif sel.lower() == "published":
-                q = q.where(DatasetVersion.status == "published").order_by(DatasetVersion.number.desc()).limit(1)
+                q = (
+                    q.where(DatasetVersion.status == "published")
+                    .order_by(DatasetVersion.number.desc())
+                    .limit(1)
+                )
             else:
                 q = q.where(DatasetVersion.number == int(sel.lstrip("Vv")))
             v = s.scalar(q)
@@ -355,7 +363,9 @@ class Catalog:
         with self._session() as s:
             ds = self._dataset(s, scene, name)
             rows = s.scalars(
-                select(DatasetVersion).where(DatasetVersion.dataset_id == ds.id).order_by(DatasetVersion.number)
+                select(DatasetVersion)
+                .where(DatasetVersion.dataset_id == ds.id)
+                .order_by(DatasetVersion.number)
             ).all()
             return [_info(v) for v in rows]
 
@@ -367,7 +377,11 @@ class Catalog:
                 select(DatasetVersion)
                 .join(Dataset)
                 .join(Scene)
-                .where(Scene.name == info.scene, Dataset.name == info.dataset, DatasetVersion.number == info.number)
+                .where(
+                    Scene.name == info.scene,
+                    Dataset.name == info.dataset,
+                    DatasetVersion.number == info.number,
+                )
             )
             assert v is not None
             if v.status != "published":

@@ -80,7 +80,8 @@ def engine_main(cls: type[S], run: Callable[[S], dict[str, Any]], argv: list[str
     except Exception as e:  # the result file carries the failure to the orchestrator
         log.error("engine failed: %s\n%s", e, traceback.format_exc())
         lake.write_json(
-            result_uri, {"status": "failed", "error": f"{type(e).__name__}: {e}", "seconds": time.time() - started}
+            result_uri,
+            {"status": "failed", "error": f"{type(e).__name__}: {e}", "seconds": time.time() - started},
         )
         return 1
     lake.write_json(result_uri, {"status": "success", "seconds": round(time.time() - started, 3), **result})

@@ -7,6 +7,7 @@ the lake, and the orchestrator reads it back. Which runner a DAG uses is one set
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -125,6 +126,11 @@ class LocalRunner:
             errors="replace",
             start_new_session=True,  # so stopping the task can end the engine and all its children
         )
+        # recorded so that `forgeflow down` can end an engine whose task process was killed outright
+        pidfile = get_settings().path("run", "engines") / f"{proc.pid}.json"
+        pidfile.write_text(
+            json.dumps({"pid": proc.pid, "pgid": proc.pid, "engine": engine, "spec": spec_uri})
+        )
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -135,6 +141,7 @@ class LocalRunner:
         finally:
             if proc.poll() is None:
                 _stop_group(proc)
+            pidfile.unlink(missing_ok=True)
         log.info("%s exited with %s after %.1fs", engine, rc, time.monotonic() - started)
         try:
             return read_result(spec_uri)
@@ -233,7 +240,9 @@ def engine_pod_operator(
         node_selector=r.node_selector or None,
         tolerations=[k8s.V1Toleration(**t) for t in r.tolerations] or None,
         volumes=[
-            k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=r.shm_size)),
+            k8s.V1Volume(
+                name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=r.shm_size)
+            ),
             k8s.V1Volume(name="state", empty_dir=k8s.V1EmptyDirVolumeSource()),
         ],
         volume_mounts=[

@@ -48,7 +48,9 @@ class Settings(BaseSettings):
     k8s_namespace: str = Field(default="forgeflow", description="Namespace of engine pods.")
     k8s_image: str = Field(default="forgeflow:latest", description="Image built from this repo's Dockerfile.")
     k8s_service_account: str = Field(default="forgeflow", description="Service account of engine pods.")
-    k8s_in_cluster: bool = Field(default=True, description="Airflow runs inside the cluster it launches pods in.")
+    k8s_in_cluster: bool = Field(
+        default=True, description="Airflow runs inside the cluster it launches pods in."
+    )
     k8s_config_file: str | None = Field(default=None, description="kubeconfig path when not in cluster.")
     s3_endpoint_url: str | None = Field(
         default=None, description="S3-compatible endpoint (MinIO, Ceph); empty means AWS itself."
@@ -62,8 +64,11 @@ class Settings(BaseSettings):
         default="auto",
         description="auto: vLLM when its virtualenv is present and starts, else the fallback server.",
     )
+    airflow_port: int = Field(default=8080, description="Port of the Airflow API server / UI (127.0.0.1).")
+    mlflow_port: int = Field(default=5001, description="Port of the MLflow tracking server (127.0.0.1).")
     shared_data: Path = Field(
-        default=PROJECT_ROOT.parent / "shared" / "data", description="Directory of the bundled public data sets."
+        default=PROJECT_ROOT.parent / "shared" / "data",
+        description="Directory of the bundled public data sets.",
     )
 
     @model_validator(mode="after")

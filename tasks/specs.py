@@ -102,7 +102,10 @@ class ProcessSpec(Spec):
     spark: SparkResources = Field(default_factory=SparkResources)
     output_uri: str = Field(description="Lake directory the engine writes data/ and manifest.json into.")
     max_reject_ratio: float = Field(
-        default=0.1, ge=0, le=1, description="Fail the import when more than this share of records is rejected."
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Fail the import when more than this share of records is rejected.",
     )
 
 
@@ -117,7 +120,9 @@ class TinyModelConfig(BaseModel):
     hidden_size: int = Field(default=256, ge=16, description="Hidden size.")
     intermediate_size: int = Field(default=688, ge=16, description="MLP size.")
     num_hidden_layers: int = Field(default=4, ge=1, description="Decoder layers.")
-    num_attention_heads: int = Field(default=4, ge=1, description="Attention heads (head dim = hidden/heads).")
+    num_attention_heads: int = Field(
+        default=4, ge=1, description="Attention heads (head dim = hidden/heads)."
+    )
     num_key_value_heads: int = Field(default=4, ge=1, description="Key/value heads (GQA when fewer).")
     vocab_size: int = Field(default=8000, ge=256, description="Vocabulary of the locally trained tokenizer.")
     max_position_embeddings: int = Field(default=512, ge=32, description="Longest context.")
@@ -140,7 +145,9 @@ class HyperParams(BaseModel):
     max_steps: int = Field(default=-1, description="Stop after this many optimizer steps (-1: use epochs).")
     batch_size: int = Field(default=8, ge=1, le=1024, description="Per-device batch size.")
     gradient_accumulation_steps: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
-    learning_rate: float = Field(default=2e-5, ge=1e-6, le=5e-3, description="Peak learning rate.")
+    learning_rate: float = Field(
+        default=2e-5, ge=1e-6, le=5e-4, description="Peak learning rate (seed range 1e-6 to 5e-4)."
+    )
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
         default="cosine", description="Learning-rate schedule after warmup."
     )
@@ -186,15 +193,23 @@ class TrainSpec(Spec):
         "Face model directory, or a registered version 'models:/<name>/<version>'.",
     )
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
-    train_uri: str = Field(description="Lake directory of the training dataset version (Parquet under data/).")
+    train_uri: str = Field(
+        description="Lake directory of the training dataset version (Parquet under data/)."
+    )
     eval_uri: str | None = Field(default=None, description="Optional evaluation dataset version.")
     validation_split: float = Field(default=0.05, ge=0, lt=1, description="Held-out share when no eval set.")
-    dataset_ref: str | None = Field(default=None, description="Catalogue reference SCENE/NAME@Vn, for lineage.")
+    dataset_ref: str | None = Field(
+        default=None, description="Catalogue reference SCENE/NAME@Vn, for lineage."
+    )
     hyperparams: HyperParams = Field(default_factory=HyperParams)
     output_uri: str = Field(description="Lake directory for the final model (and checkpoints).")
     experiment: str = Field(default="forgeflow-train", description="MLflow experiment name.")
-    register_as: str | None = Field(default=None, description="Registered model name; None skips registration.")
-    merge_lora: bool = Field(default=True, description="Merge a LoRA adapter into its base before registering.")
+    register_as: str | None = Field(
+        default=None, description="Registered model name; None skips registration."
+    )
+    merge_lora: bool = Field(
+        default=True, description="Merge a LoRA adapter into its base before registering."
+    )
 
     @field_validator("register_as")
     @classmethod
@@ -230,13 +245,17 @@ class EvalSpec(Spec):
 
     endpoint: Endpoint
     dataset_uri: str = Field(description="Test data: a dataset version directory, Parquet or JSONL file.")
-    dataset_ref: str | None = Field(default=None, description="Catalogue reference SCENE/NAME@Vn, for lineage.")
+    dataset_ref: str | None = Field(
+        default=None, description="Catalogue reference SCENE/NAME@Vn, for lineage."
+    )
     max_samples: int | None = Field(default=100, ge=1, description="Evaluate at most N records (None: all).")
     concurrency: int = Field(default=4, ge=1, le=64, description="Requests in flight.")
     generation: GenerationParams = Field(default_factory=GenerationParams)
     metrics: list[Literal["rouge_l", "bleu_4"]] = Field(default_factory=lambda: ["rouge_l", "bleu_4"])
     experiment: str = Field(default="forgeflow-evaluate", description="MLflow experiment name.")
-    model_ref: str | None = Field(default=None, description="Registered model under test, models:/name/version.")
+    model_ref: str | None = Field(
+        default=None, description="Registered model under test, models:/name/version."
+    )
     output_uri: str = Field(description="Lake directory for predictions.jsonl and metrics.json.")
 
 
@@ -252,7 +271,9 @@ class ServeSpec(Spec):
         default="auto", description="auto tries vLLM and falls back when it cannot start."
     )
     port: int = Field(default=0, ge=0, le=65535, description="Port; 0 picks a free one.")
-    served_model_name: str | None = Field(default=None, description="Model name in the API (default: service).")
+    served_model_name: str | None = Field(
+        default=None, description="Model name in the API (default: service)."
+    )
     max_model_len: int = Field(default=512, ge=16, description="Longest context the server accepts.")
     startup_timeout_s: int = Field(default=600, ge=10, description="Give up when not healthy by then.")
     ttl_minutes: int | None = Field(default=None, ge=1, description="Stop the service after this long.")

@@ -176,7 +176,9 @@ class Lake:
         db, dk = self._split(dst)
         for key in self._keys(src):
             rel = key[len(sk.rstrip("/")) + 1 :]
-            self.s3.copy_object(Bucket=db, Key=f"{dk.rstrip('/')}/{rel}", CopySource={"Bucket": sb, "Key": key})
+            self.s3.copy_object(
+                Bucket=db, Key=f"{dk.rstrip('/')}/{rel}", CopySource={"Bucket": sb, "Key": key}
+            )
         self.delete(src)
 
     # ------------------------------------------------------------------ directories
@@ -190,7 +192,9 @@ class Lake:
         bucket, prefix = self._split(uri)
         for p in sorted(local_dir.rglob("*")):
             if p.is_file():
-                self.s3.upload_file(str(p), bucket, f"{prefix.rstrip('/')}/{p.relative_to(local_dir).as_posix()}")
+                self.s3.upload_file(
+                    str(p), bucket, f"{prefix.rstrip('/')}/{p.relative_to(local_dir).as_posix()}"
+                )
 
     def get_dir(self, uri: str, local_dir: str | Path) -> Path:
         local_dir = Path(local_dir)

@@ -1,0 +1,188 @@
+"""
+### dataset_process — import raw data, clean it on Spark, commit and publish a dataset version
+
+Raw files (JSONL, JSON, CSV, Parquet, TXT, Alpaca, ShareGPT, OpenAI chat) are mapped onto the canonical
+schema of their usage; bad records go to quarantine with file, line and reason. An operator recipe from
+`include/recipes/` runs in order on Spark (`local[*]` by default, a cluster through `FORGEFLOW_SPARK_MASTER`)
+and the result becomes the next immutable version `SCENE/NAME@Vn` in the catalogue. Publishing makes it
+selectable for training and emits the Airflow Asset `forgeflow://datasets/<usage>`, which schedules
+`model_train` for SFT data.
+
+Trigger from the UI (Params form), or `POST /api/v2/dags/dataset_process/dagRuns` with `{"conf": {...}}`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Asset, AssetAlias, Param, dag, get_current_context, task
+
+from tasks.assets import PUBLISHED_ALIAS, dataset_asset_name, dataset_asset_uri
+from tasks.dagkit import DEFAULT_ARGS, engine_step, run_key
+from tasks.recipes import recipe_names
+
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
+
+
+@dag(
+    dag_id="dataset_process",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=4,
+    tags=["forgeflow", "data"],
+    default_args=DEFAULT_ARGS,
+    doc_md=__doc__,
+    params={
+        "scene": Param(
+            "general",
+            type="string",
+            pattern=NAME_PATTERN,
+            section="Dataset",
+            description="Scene (task-goal category) of the dataset; 'general' when none fits.",
+        ),
+        "dataset": Param(
+            "alpaca-zh",
+            type="string",
+            pattern=NAME_PATTERN,
+            section="Dataset",
+            description="Dataset name: lowercase letters, digits and '-'.",
+        ),
+        "note": Param(
+            "", type="string", section="Dataset", description="Free-text note kept on the dataset."
+        ),
+        "usage": Param(
+            "sft",
+            enum=["pretrain", "sft", "rl", "reward_model", "model_test"],
+            section="Dataset",
+            description="What the data is for; decides its schema and where it can be selected.",
+        ),
+        "source": Param(
+            "shared://sft/alpaca_zh_demo.json",
+            type=["string", "array"],
+            section="Import",
+            description="File, directory or URI to import (or a list). shared:// is the bundled "
+            "data directory; s3:// and file:// work too.",
+        ),
+        "format": Param(
+            "alpaca",
+            enum=["auto", "jsonl", "json", "csv", "parquet", "txt", "alpaca", "sharegpt", "openai"],
+            section="Import",
+            description="Input format; auto picks from the file suffix.",
+        ),
+        "field_map": Param(
+            {},
+            type="object",
+            section="Import",
+            description='Canonical field -> source field, e.g. {"context": "question", '
+            '"target": "std_answer"}; list values are joined with newlines.',
+        ),
+        "source_label": Param(
+            "",
+            type="string",
+            section="Import",
+            description="Source label stored in each record's meta (default: file name).",
+        ),
+        "max_reject_ratio": Param(
+            0.1,
+            type="number",
+            minimum=0,
+            maximum=1,
+            section="Import",
+            description="Fail when more than this share of records is quarantined.",
+        ),
+        "recipe": Param(
+            "standard-clean",
+            enum=recipe_names(),
+            section="Processing",
+            description="Saved operator recipe (include/recipes/<name>.yaml), run in order.",
+        ),
+        "publish": Param(
+            True,
+            type="boolean",
+            section="Processing",
+            description="Publish the version (selectable for training; emits the Asset).",
+        ),
+        "num_executors": Param(
+            2,
+            type="integer",
+            minimum=1,
+            section="Spark resources",
+            description="Executors (cluster mode). num_executors x executor memory: 4-16 GB.",
+        ),
+        "executor_cores": Param(
+            2,
+            type="integer",
+            minimum=1,
+            section="Spark resources",
+            description="Cores per executor; cores:memory between 1:2 and 1:4.",
+        ),
+        "executor_memory_gb": Param(
+            4, type="integer", minimum=1, section="Spark resources", description="Memory per executor in GB."
+        ),
+        "driver_cores": Param(
+            2,
+            type="integer",
+            minimum=1,
+            section="Spark resources",
+            description="Driver cores; cores:memory between 1:2 and 1:4.",
+        ),
+        "driver_memory_gb": Param(
+            4, type="integer", minimum=1, section="Spark resources", description="Driver memory in GB."
+        ),
+        "spark_conf": Param(
+            {},
+            type="object",
+            section="Spark resources",
+            description="Extra Spark configuration, name -> value.",
+        ),
+    },
+)
+def dataset_process():
+    @task
+    def build_spec() -> str:
+        """Validate the Params as a ProcessSpec and write it to the lake."""
+        from tasks.data import build_process_spec
+
+        ctx = get_current_context()
+        return build_process_spec(dict(ctx["params"]), run_key(ctx))
+
+    @task
+    def commit_version(spec_uri: str) -> dict:
+        """Make the engine's output the next version of the dataset (once per run, even on retry)."""
+        from tasks.data import commit_processed
+
+        return commit_processed(spec_uri, dict(get_current_context()["params"]))
+
+    @task(outlets=[AssetAlias(PUBLISHED_ALIAS)])
+    def publish_version(version: dict, *, outlet_events=None) -> dict:
+        """Publish the version and emit the Asset event of its usage, carrying the reference."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from tasks.data import publish
+
+        if not get_current_context()["params"]["publish"]:
+            raise AirflowSkipException(f"{version['ref']} kept unpublished (publish=false)")
+        info = publish(version["ref"])
+        asset = Asset(name=dataset_asset_name(info["usage"]), uri=dataset_asset_uri(info["usage"]))
+        outlet_events[AssetAlias(PUBLISHED_ALIAS)].add(
+            asset,
+            extra={
+                "ref": info["ref"],
+                "uri": info["uri"],
+                "usage": info["usage"],
+                "records": info["record_count"],
+            },
+        )
+        return info
+
+    spec_uri = build_spec()
+    processed = engine_step(
+        "spark_ops.run", spec_uri, task_id="process", execution_timeout=timedelta(hours=4)
+    )
+    version = commit_version(spec_uri)
+    processed >> version
+    publish_version(version)
+
+
+dataset_process()

@@ -1,0 +1,128 @@
+"""
+### model_train — train or fine-tune a model on a published dataset version and register it in MLflow
+
+One DAG for every method (pretrain, sft_full, sft_lora; prompt tuning, reward model, DPO and distillation
+come with the training issue). Steps: resolve the dataset (its usage must fit the method and it must be
+published) → health check → train (`python -m trainers.train SPEC`, a local process or a Kubernetes pod)
+→ summary (MLflow run, registered model version, metrics).
+
+Runs are triggered from the UI/REST API, or by the Asset `forgeflow://datasets/sft`: publishing an SFT
+dataset version re-trains with the Param defaults below on that version (scheduled retraining).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Asset, Param, dag, get_current_context, task
+
+from tasks.assets import dataset_asset_name, dataset_asset_uri
+from tasks.dagkit import DEFAULT_ARGS, engine_step, params_from_model, run_key
+from tasks.specs import TinyModelConfig
+from tasks.training import TINY_PREFIX, hyperparam_params
+
+
+@dag(
+    dag_id="model_train",
+    schedule=[Asset(name=dataset_asset_name("sft"), uri=dataset_asset_uri("sft"))],
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["forgeflow", "training"],
+    default_args=DEFAULT_ARGS,
+    doc_md=__doc__,
+    params={
+        "method": Param(
+            "sft_lora",
+            enum=["pretrain", "sft_full", "sft_lora"],
+            section="Task",
+            description="Training method.",
+        ),
+        "base_model": Param(
+            "models:/forgeflow-tiny-base/latest",
+            type="string",
+            section="Task",
+            description="'tiny' (a Llama from config, tokenizer trained on the data), a Hugging "
+            "Face model directory (local or s3://), or a registered version models:/NAME/VERSION.",
+        ),
+        "dataset": Param(
+            "",
+            type="string",
+            section="Data",
+            description="Training data SCENE/NAME@Vn (published; usage must fit the method). "
+            "Empty: the version whose publication triggered this run.",
+        ),
+        "validation_split": Param(
+            0.05,
+            type="number",
+            minimum=0,
+            maximum=0.5,
+            section="Data",
+            description="Share of the data held out for eval loss and perplexity.",
+        ),
+        "experiment": Param(
+            "forgeflow-train", type="string", section="Task", description="MLflow experiment of the run."
+        ),
+        "register_as": Param(
+            "forgeflow-tiny-chat",
+            type="string",
+            section="Task",
+            description="Registered model name in MLflow; empty skips registration.",
+        ),
+        "merge_lora": Param(
+            True,
+            type="boolean",
+            section="Task",
+            description="Merge a LoRA adapter into its base before registering.",
+        ),
+        "gpus": Param(
+            0,
+            type="integer",
+            minimum=0,
+            maximum=16,
+            section="Resources",
+            description="GPUs the run needs; the health check fails when fewer are visible.",
+        ),
+        **hyperparam_params(),
+        **params_from_model(TinyModelConfig, prefix=TINY_PREFIX, section="Tiny model (base_model = tiny)"),
+    },
+)
+def model_train():
+    @task
+    def resolve_dataset() -> str:
+        """The dataset version to train on: the Param, or the one that triggered this run."""
+        from tasks.training import dataset_from_trigger
+
+        ctx = get_current_context()
+        return dataset_from_trigger(dict(ctx["params"]), ctx.get("triggering_asset_events"))
+
+    @task
+    def health_check() -> dict:
+        """Disk space, a writable lake, and the GPUs asked for."""
+        from tasks.training import health_check
+
+        return health_check(gpus=get_current_context()["params"]["gpus"])
+
+    @task
+    def build_spec(dataset_ref: str) -> str:
+        """Validate Params and dataset, write the TrainSpec to the lake."""
+        from tasks.training import build_train_spec
+
+        ctx = get_current_context()
+        return build_train_spec(dict(ctx["params"]), run_key(ctx), dataset_ref)["spec_uri"]
+
+    @task
+    def summarize(spec_uri: str) -> dict:
+        """The MLflow run, registered model version and metrics of the run."""
+        from tasks.training import summarize
+
+        return summarize(spec_uri)
+
+    spec_uri = build_spec(resolve_dataset())
+    health_check() >> spec_uri
+    trained = engine_step("trainers.train", spec_uri, task_id="train", execution_timeout=timedelta(hours=24))
+    summary = summarize(spec_uri)
+    trained >> summary
+
+
+model_train()

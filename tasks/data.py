@@ -1,0 +1,111 @@
+"""Data-stage callables behind the dataset_process DAG: build the process spec, commit, publish."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tasks.catalog import Catalog
+from tasks.engine import result_uri_for
+from tasks.recipes import load_recipe
+from tasks.runners import git_version, prepare, read_result
+from tasks.settings import PROJECT_ROOT, get_settings
+from tasks.specs import InputSource, ProcessSpec, SparkResources, slug
+from tasks.storage import Lake, to_uri
+
+SHARED_PREFIX = "shared://"
+
+
+def resolve_source(uri: str) -> str:
+    """``shared://sft/x.json`` → the bundled data set; relative paths are relative to the project."""
+    if uri.startswith(SHARED_PREFIX):
+        return to_uri(get_settings().shared_data / uri[len(SHARED_PREFIX) :])
+    if "://" in uri:
+        return uri
+    p = PROJECT_ROOT / uri if not uri.startswith("/") else None
+    return to_uri(p if p is not None and p.exists() else uri)
+
+
+def version_uri(scene: str, dataset: str, run_key: str, lake: Lake | None = None) -> str:
+    """Each writer run gets its own directory; the catalogue row is what makes it a version."""
+    lake = lake or Lake.from_settings()
+    return lake.uri("datasets", scene, dataset, slug(run_key))
+
+
+def build_process_spec(params: dict[str, Any], run_key: str) -> str:
+    """Validate the run's Params as a ProcessSpec and write it to the lake; returns the spec URI."""
+    spark = SparkResources(
+        num_executors=params["num_executors"],
+        executor_cores=params["executor_cores"],
+        executor_memory_gb=params["executor_memory_gb"],
+        driver_cores=params["driver_cores"],
+        driver_memory_gb=params["driver_memory_gb"],
+        conf={str(k): str(v) for k, v in (params.get("spark_conf") or {}).items()},
+    )
+    sources = params["source"] if isinstance(params["source"], list) else [params["source"]]
+    spec = ProcessSpec(
+        run_key=run_key,
+        inputs=[
+            InputSource(
+                uri=resolve_source(s),
+                format=params["format"],
+                field_map=params.get("field_map") or {},
+                source=params.get("source_label") or None,
+            )
+            for s in sources
+        ],
+        usage=params["usage"],
+        operators=load_recipe(params["recipe"]),
+        spark=spark,
+        output_uri=version_uri(params["scene"], params["dataset"], run_key),
+        max_reject_ratio=params["max_reject_ratio"],
+    )
+    return prepare(spec, "spark_ops.run")
+
+
+def commit_processed(
+    spec_uri: str, params: dict[str, Any], parents: list[str] | None = None
+) -> dict[str, Any]:
+    """Make the engine's output a catalogue version (idempotent for the run)."""
+    lake = Lake.from_settings()
+    result = read_result(spec_uri, lake)
+    spec = ProcessSpec.model_validate(lake.read_json(spec_uri))
+    manifest = lake.read_json(result["manifest_uri"])
+    size = (
+        sum(_size(u) for u in lake.list(spec.output_uri + "/data"))
+        if spec.output_uri.startswith("file")
+        else None
+    )
+    cat = Catalog.from_settings()
+    cat.ensure_dataset(params["scene"], params["dataset"], note=params.get("note") or "")
+    info = cat.commit_version(
+        params["scene"],
+        params["dataset"],
+        run_key=spec.run_key,
+        uri=spec.output_uri,
+        usage=spec.usage,
+        record_count=int(result["records_out"]),
+        quarantined_count=int(result.get("quarantined", 0)),
+        char_count=_char_count(manifest),
+        size_bytes=size,
+        parents=parents or [],
+        recipe=[op.model_dump() for op in spec.operators],
+        stats={"records_in": result.get("records_in"), "operators": result.get("operators", [])},
+        code_version=manifest.get("code_version") or git_version(),
+    )
+    return {**info.to_dict(), "result_uri": result_uri_for(spec_uri)}
+
+
+def publish(ref: str) -> dict[str, Any]:
+    return Catalog.from_settings().publish(ref).to_dict()
+
+
+def _size(uri: str) -> int:
+    from tasks.storage import local_path
+
+    return local_path(uri).stat().st_size
+
+
+def _char_count(manifest: dict[str, Any]) -> int | None:
+    chars = manifest.get("characters") or manifest.get("chars") or {}
+    total = chars.get("sum") if isinstance(chars, dict) else None
+    return int(total) if total is not None else None
