@@ -135,4 +135,3 @@ def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
 def sentence_bleu(prediction: str, reference: str) -> float:
     """Sentence-level BLEU-4 with NIST geometric smoothing."""
     return bleu_from_stats(bleu_stats(tokenize(prediction), tokenize(reference)), smooth=True)
-

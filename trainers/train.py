@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -254,7 +255,10 @@ def log_dataset_input(df: pd.DataFrame, source: str, name: str) -> None:
         for col in flat.columns:
             if flat[col].map(lambda v: not isinstance(v, str | int | float | bool | type(None))).any():
                 flat[col] = flat[col].map(lambda v: json.dumps(v, ensure_ascii=False, default=str))
-        mlflow.log_input(mlflow.data.from_pandas(flat, source=source, name=name), context="training")
+        with warnings.catch_warnings():  # a file:// source matches two equivalent MLflow source types
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(flat, source=source, name=name)
+        mlflow.log_input(dataset, context="training")
     except Exception as e:
         log.warning("could not log the dataset input to MLflow (lineage only): %s", e)
 

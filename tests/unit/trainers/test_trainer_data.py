@@ -97,7 +97,9 @@ def test_split_indices_is_seeded_and_disjoint():
 
 
 def test_pad_collator_masks_padding():
-    batch = PadCollator(pad_id=9)([{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [4], "labels": [4]}])
+    batch = PadCollator(pad_id=9)(
+        [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [4], "labels": [4]}]
+    )
     assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 9, 9]]
     assert batch["labels"].tolist() == [[-100, 2, 3], [4, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
@@ -111,7 +113,9 @@ def test_read_records_version_dir_parquet_and_jsonl(tmp_path):
     assert recs == [ChatRecord(None, ["问"], "答")]
     assert len(read_records(tmp_path / "v1" / "data" / "part-0.parquet")) == 1
     belle = tmp_path / "belle.jsonl"
-    belle.write_text(json.dumps({"question": "中国有多少个省？", "std_answer": "34个", "class": "qa"}) + "\n\n")
+    belle.write_text(
+        json.dumps({"question": "中国有多少个省？", "std_answer": "34个", "class": "qa"}) + "\n\n"
+    )
     assert chat_records(read_records(belle), "belle") == [ChatRecord(None, ["中国有多少个省？"], "34个")]
 
 

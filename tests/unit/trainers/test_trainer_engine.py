@@ -51,7 +51,11 @@ def test_cosine_schedule_decays_to_the_floor(tmp_path):
     args = training_arguments(hp, tmp_path)
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=hp.learning_rate)
     sched = get_scheduler(
-        args.lr_scheduler_type, opt, num_warmup_steps=2, num_training_steps=20, scheduler_specific_kwargs=args.lr_scheduler_kwargs
+        args.lr_scheduler_type,
+        opt,
+        num_warmup_steps=2,
+        num_training_steps=20,
+        scheduler_specific_kwargs=args.lr_scheduler_kwargs,
     )
     lrs = []
     for _ in range(20):
