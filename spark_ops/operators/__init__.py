@@ -1,0 +1,30 @@
+"""The operator catalogue. Importing this package registers every operator in ``OPERATORS``."""
+
+from spark_ops.operators import dedupe, filters, normalize  # noqa: F401  (registration side effect)
+from spark_ops.operators.base import (
+    KEEP,
+    NOTE,
+    OPERATORS,
+    Filter,
+    Mapper,
+    Operator,
+    OperatorContext,
+    OperatorError,
+    OperatorParams,
+    build_operators,
+    register,
+)
+
+__all__ = [
+    "KEEP",
+    "NOTE",
+    "OPERATORS",
+    "Filter",
+    "Mapper",
+    "Operator",
+    "OperatorContext",
+    "OperatorError",
+    "OperatorParams",
+    "build_operators",
+    "register",
+]

@@ -1,0 +1,79 @@
+"""The SparkSession of one engine process, built from Settings and the spec's SparkResources."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from pyspark.sql import SparkSession
+
+from tasks.settings import get_settings
+from tasks.specs import SparkResources
+
+_LOCAL_MASTER = re.compile(r"^local(?:\[(?P<n>\*|\d+)(?:,\s*\d+)?\])?$")
+
+
+def is_local(master: str) -> bool:
+    """True for ``local``, ``local[N]``, ``local[*]`` and ``local[N,F]`` masters."""
+    return bool(_LOCAL_MASTER.match(master.strip()))
+
+
+def local_cores(master: str) -> int:
+    """Worker threads of a local master (``local[*]`` means every core of this machine)."""
+    m = _LOCAL_MASTER.match(master.strip())
+    if not m:
+        raise ValueError(f"{master!r} is not a local Spark master")
+    n = m.group("n")
+    if n is None:
+        return 1
+    if n == "*":
+        return os.cpu_count() or 1
+    return int(n)
+
+
+def session_conf(resources: SparkResources, master: str) -> dict[str, str]:
+    """Spark confs for ``master``: pure, so the SparkResources mapping is testable without a JVM."""
+    conf = {
+        "spark.master": master,
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.session.timeZone": "UTC",
+        # JSON with a repeated key is common in scraped data; keep the last value instead of rejecting it.
+        "spark.sql.variant.allowDuplicateKeys": "true",
+        "spark.driver.memory": f"{resources.driver_memory_gb}g",
+    }
+    if is_local(master):
+        # The driver is the only JVM; the default 200 shuffle partitions would mean 200 tiny tasks per shuffle.
+        cores = local_cores(master)
+        conf["spark.sql.shuffle.partitions"] = str(max(2, 2 * cores))
+        conf["spark.default.parallelism"] = str(max(2, 2 * cores))
+    else:
+        total_cores = resources.num_executors * resources.executor_cores
+        conf.update(
+            {
+                "spark.executor.instances": str(resources.num_executors),
+                "spark.executor.cores": str(resources.executor_cores),
+                "spark.executor.memory": f"{resources.executor_memory_gb}g",
+                "spark.driver.cores": str(resources.driver_cores),
+                "spark.sql.shuffle.partitions": str(max(2, 2 * total_cores)),
+                "spark.default.parallelism": str(max(2, 2 * total_cores)),
+            }
+        )
+    conf.update(resources.conf)  # the user's explicit confs win over everything above
+    return conf
+
+
+def build_session(resources: SparkResources, app_name: str, master: str | None = None) -> SparkSession:
+    """Start (or join) the process's SparkSession.
+
+    ``master`` defaults to ``FORGEFLOW_SPARK_MASTER``. In local mode the JVM starts inside this process, so
+    ``spark.driver.memory`` takes effect here; on a cluster the same confs go to the executors.
+    """
+    master = master or get_settings().spark_master
+    builder = SparkSession.builder.appName(app_name)
+    for key, value in session_conf(resources, master).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
