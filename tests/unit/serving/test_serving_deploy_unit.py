@@ -45,7 +45,9 @@ def spec_for(model_dir: Path, **kw: object) -> ServeSpec:
     return ServeSpec(run_key="r", service_name=kw.pop("service_name", "svc"), model=str(model_dir), **kw)
 
 
-def test_vllm_plan_command_and_env(forgeflow_home: Path, model_dir: Path) -> None:
+def test_vllm_plan_command_and_env(forgeflow_home: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("VLLM_CACHE_ROOT", "VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND"):
+        monkeypatch.delenv(var, raising=False)
     settings = get_settings()
     spec = spec_for(model_dir, max_model_len=256, extra_args=["--enable-lora", "--lora-modules", "a=/x"])
     plan = dp.vllm_plan(spec, settings, model_dir, "served", 8123, pin=["taskset", "-c", "1"])
@@ -58,8 +60,8 @@ def test_vllm_plan_command_and_env(forgeflow_home: Path, model_dir: Path) -> Non
     assert flags["--dtype"] in ("bfloat16", "float32")
     assert argv[-3:] == ["--enable-lora", "--lora-modules", "a=/x"]
     assert plan.env["HF_HUB_OFFLINE"] == "1"
-    assert plan.env["VLLM_CACHE_ROOT"].startswith(str(forgeflow_home)) or "VLLM_CACHE_ROOT" in os.environ
-    assert {"VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND"} <= plan.env.keys()
+    assert plan.env["VLLM_CACHE_ROOT"] == str(forgeflow_home / "cache" / "vllm")
+    assert plan.env["VLLM_CPU_KVCACHE_SPACE"] == "1" and plan.env["VLLM_CPU_OMP_THREADS_BIND"] == "auto"
 
 
 def test_vllm_plan_respects_dtype_in_extra_args(forgeflow_home: Path, model_dir: Path) -> None:
