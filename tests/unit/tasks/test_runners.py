@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tasks.engine import result_uri_for, write_spec
+from tasks.runners import EngineFailed, LocalRunner, PodResources, engine_pod_operator, prepare, render_pod
+from tasks.specs import ServeSpec
+from tasks.storage import Lake
+
+ECHO = "tests.unit.tasks.echo_engine"
+
+
+def _spec_uri(lake: Lake, fail: bool = False, raw: dict | None = None) -> str:
+    from tests.unit.tasks.echo_engine import EchoSpec
+
+    uri = lake.uri("runs", "t", "spec.json")
+    if raw is not None:
+        lake.write_json(uri, raw)
+    else:
+        write_spec(EchoSpec(run_key="demo-run", fail=fail), uri, lake)
+    return uri
+
+
+def test_local_runner_runs_the_engine_and_reads_its_result(ff_home):
+    lake = Lake.from_settings()
+    result = LocalRunner().run(ECHO, _spec_uri(lake))
+    assert result["status"] == "success" and result["echo"] == "demo-run"
+    assert not list((ff_home / "run" / "engines").glob("*.json"))  # pid record removed
+
+
+def test_engine_failure_carries_error_and_log_tail(ff_home):
+    lake = Lake.from_settings()
+    with pytest.raises(EngineFailed) as e:
+        LocalRunner().run(ECHO, _spec_uri(lake, fail=True))
+    assert "asked to fail" in str(e.value) and "echo engine running demo-run" in str(e.value)
+
+
+def test_bad_spec_names_the_field(ff_home):
+    lake = Lake.from_settings()
+    with pytest.raises(EngineFailed, match=r"fail: Input should be a valid boolean"):
+        LocalRunner().run(ECHO, _spec_uri(lake, raw={"run_key": "x", "fail": "perhaps"}))
+
+
+def test_prepare_clears_a_stale_result(ff_home):
+    spec = ServeSpec(run_key="r1", service_name="svc", model="/m")
+    uri = prepare(spec, "serving.deploy")
+    lake = Lake.from_settings()
+    lake.write_json(result_uri_for(uri), {"status": "success"})
+    assert prepare(spec, "serving.deploy") == uri
+    assert not lake.exists(result_uri_for(uri))
+    with pytest.raises(ValueError, match="unknown engine"):
+        prepare(spec, "serving.nope")
+
+
+def test_pod_requests_may_not_exceed_limits():
+    with pytest.raises(ValueError, match="exceeds cpu_limit"):
+        PodResources(cpu_request="8", cpu_limit="4")
+    with pytest.raises(ValueError, match="exceeds memory_limit"):
+        PodResources(memory_request="64Gi", memory_limit="32Gi")
+    assert PodResources(cpu_request="500m", cpu_limit="1").cpu_request == "500m"
+
+
+def test_pod_renders_to_a_valid_kubernetes_manifest(ff_home):
+    import kubernetes_validate
+
+    resources = PodResources(
+        gpus=8,
+        node_selector={"nvidia.com/gpu.product": "H100"},
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    )
+    op = engine_pod_operator("train", "trainers.train", "s3://lake/runs/r/trainers-train/spec.json", resources)
+    pod = render_pod(op)
+    kubernetes_validate.validate(pod, "1.30", strict=True)
+    c = pod["spec"]["containers"][0]
+    assert c["command"] == ["python", "-m", "trainers.train"]
+    assert c["args"] == ["s3://lake/runs/r/trainers-train/spec.json"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert {v["name"] for v in pod["spec"]["volumes"]} == {"dshm", "state"}
+    assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
+    # the rendered manifest is plain YAML a user can kubectl apply
+    assert yaml.safe_load(yaml.safe_dump(pod)) == pod
+
+
+def test_invalid_manifest_is_caught_by_the_schema(ff_home):
+    import kubernetes_validate
+
+    pod = render_pod(engine_pod_operator("x", "spark_ops.run", "file:///s.json"))
+    pod["spec"]["containers"][0]["resources"]["limits"]["cpu"] = {"bad": 1}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(pod, "1.30", strict=True)
