@@ -527,7 +527,11 @@ def _alpaca(get: _Keys, field_map: dict[str, str]) -> tuple[dict[str, Column], l
     output = _string_field(get, key("output"), required=True, join_lists=False)
     system = _string_field(get, key("system"), required=False, join_lists=False)
     hv = get(key("history"))
-    history = F.when(~_missing(hv), F.try_variant_get(hv, "$", "array<array<string>>"))
+    history_type = F.schema_of_variant(hv)
+    history = F.when(
+        history_type.isin("ARRAY<ARRAY<STRING>>", "ARRAY<VOID>"),
+        F.try_variant_get(hv, "$", "array<array<string>>"),
+    )
     history_problem = F.when(
         ~_missing(hv) & (history.isNull() | F.exists(history, lambda pair: F.size(pair) != 2)),
         F.lit(f"wrong type of field {key('history')}: expected a list of [instruction, response] pairs"),

@@ -16,7 +16,7 @@ import time
 from contextlib import ExitStack
 from typing import Any
 
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from spark_ops import manifest as mf
@@ -137,8 +137,10 @@ def run(spec: ProcessSpec) -> dict[str, Any]:
         ]
         t = time.monotonic()
         master = get_settings().spark_master
+        owned = SparkSession.getActiveSession() is None
         spark = build_session(spec.spark, f"forgeflow-process-{slug(spec.run_key)}", master)
-        stack.callback(spark.stop)
+        if owned:  # a session someone else started (a test, a notebook) stays theirs to stop
+            stack.callback(spark.stop)
         timings["session"] = round(time.monotonic() - t, 3)
 
         version_dir = stack.enter_context(lake.stage(output_uri))
