@@ -92,18 +92,22 @@ def _rejection_message(imp: Import, spec: ProcessSpec, quarantine_uri: str) -> s
     for r in top:
         where = r["first"]["source_file"] + (f" line {r['first']['line']}" if r["first"]["line"] else "")
         lines.append(f"  - {r['n']} x {r['reason']} (first: {where})")
-    first = imp.quarantine.orderBy("input", "source_file", "line").select(F.json_object_keys("raw")).first()
-    keys = set(first[0] or []) if first else set()
-    if {"instruction", "output"} <= keys:
-        lines.append("The records look like Alpaca ({instruction, input, output}): set format to alpaca.")
-    elif "conversations" in keys:
-        lines.append("The records look like ShareGPT ({conversations: [...]}): set format to sharegpt.")
-    elif "messages" in keys:
-        lines.append("The records look like OpenAI chat ({messages: [...]}): set format to openai.")
-    elif keys:
-        lines.append(
-            f"The first rejected record has the fields {', '.join(sorted(keys))}: map them with field_map."
+    if top and top[0]["reason"].startswith("missing required field"):
+        # The usual cause is a format or field_map that does not match the records: say what they hold.
+        first = (
+            imp.quarantine.orderBy("input", "source_file", "line").select(F.json_object_keys("raw")).first()
         )
+        keys = set(first[0] or []) if first else set()
+        if {"instruction", "output"} <= keys:
+            lines.append("The records look like Alpaca ({instruction, input, output}): set format to alpaca.")
+        elif "conversations" in keys:
+            lines.append("The records look like ShareGPT ({conversations: [...]}): set format to sharegpt.")
+        elif "messages" in keys:
+            lines.append("The records look like OpenAI chat ({messages: [...]}): set format to openai.")
+        elif keys:
+            lines.append(
+                f"The first rejected record has the fields {', '.join(sorted(keys))}: map them with field_map."
+            )
     lines.append(f"Quarantine: {quarantine_uri}")
     lines.append("Fix the input (or its format / field_map), or raise max_reject_ratio.")
     return "\n".join(lines)

@@ -37,7 +37,7 @@ class ExactDeduplicator(Operator):
         # Exact duplicates share their id (a content hash), so point at where the kept copy came from.
         if POSITION in df.columns:
             pos = F.col(POSITION)
-            line = F.coalesce(F.concat(F.lit(" line "), pos["line"].cast("string")), F.lit(""))
+            line = F.coalesce(F.concat(F.lit(":"), pos["line"].cast("string")), F.lit(""))
             where = F.concat(pos["file"], line)
         else:
             where = F.concat(F.lit("id "), F.col("id"))

@@ -103,6 +103,6 @@ def test_engine_fails_when_too_many_records_are_rejected(tmp_path: Path) -> None
     code, result, out = run_engine(tmp_path, "strict", max_reject_ratio=0.05, operators=[])
     assert code == 1
     assert "1 of 12 records (8.3%) were rejected on import, above max_reject_ratio 5.0%" in result["error"]
-    assert "1 x not valid JSON (first: " in result["error"] and "line 5)" in result["error"]
+    assert "1 x not valid JSON (first: " in result["error"] and "jsonl line 5)" in result["error"]
     assert (out / "quarantine" / "quarantine.jsonl").exists()
     assert not (out / "manifest.json").exists()
