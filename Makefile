@@ -48,6 +48,8 @@ format: venv
 lock:
 	uv pip compile requirements.in -o requirements.txt --python-version 3.11 --find-links /opt/wheels \
 		--constraint <(echo "torch==2.13.0+cpu") --index-strategy unsafe-best-match
+	uv pip compile requirements-vllm.in -o requirements-vllm.txt --python-version 3.11 --find-links /opt/wheels \
+		--no-emit-package torchvision --no-emit-package torchaudio --no-emit-package torchcodec
 
 bench: venv
 	@ls benchmarks/*.py >/dev/null 2>&1 && for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done \

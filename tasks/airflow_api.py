@@ -35,7 +35,8 @@ class AirflowClient:
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         for attempt in range(2):
-            r = self.http.request(method, f"/api/v2{path}", headers=self._headers(), **kwargs)
+            headers = {**self._headers(), **kwargs.pop("headers", {})} if attempt == 0 else self._headers()
+            r = self.http.request(method, f"/api/v2{path}", headers=headers, **kwargs)
             if r.status_code == 401 and attempt == 0:
                 self._token = None  # expired token: log in again once
                 continue

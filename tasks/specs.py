@@ -112,6 +112,10 @@ class ProcessSpec(Spec):
 # ---------------------------------------------------------------- training engine
 
 
+# Head sizes vLLM's CPU attention supports (vllm/v1/attention/backends/cpu_attn.py, vLLM 0.32).
+VLLM_CPU_HEAD_SIZES = frozenset({32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512})
+
+
 class TinyModelConfig(BaseModel):
     """A Llama built from config, for the embedded default and tests."""
 
@@ -131,6 +135,12 @@ class TinyModelConfig(BaseModel):
     def _heads_divide(self) -> TinyModelConfig:
         if self.hidden_size % self.num_attention_heads:
             raise ValueError("hidden_size must be divisible by num_attention_heads")
+        head = self.hidden_size // self.num_attention_heads
+        if head not in VLLM_CPU_HEAD_SIZES:
+            raise ValueError(
+                f"head size hidden_size/num_attention_heads = {head} cannot be served by vLLM's CPU build; "
+                f"use one of {sorted(VLLM_CPU_HEAD_SIZES)}"
+            )
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError("num_attention_heads must be divisible by num_key_value_heads")
         return self

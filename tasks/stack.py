@@ -108,6 +108,9 @@ def stack_env(s: Settings | None = None) -> dict[str, str]:
             "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
             "NO_PROXY": "127.0.0.1,localhost",
+            # MLflow's server otherwise starts ~8 huey job consumers (250 MB each) for features
+            # Forgeflow does not use (server-side GenAI jobs)
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
             # airflow standalone starts its components as `airflow ...` from PATH
             "PATH": os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", ""))),
         }

@@ -109,3 +109,9 @@ def test_specs_round_trip_through_json():
 def test_serve_spec_checks_the_service_name():
     with pytest.raises(ValidationError, match="service_name"):
         ServeSpec(run_key="r", service_name="Tiny_Chat", model="models:/m/1")
+
+
+def test_tiny_model_head_size_must_be_servable_by_vllm():
+    with pytest.raises(ValidationError, match="cannot be served by vLLM"):
+        TinyModelConfig(hidden_size=64, num_attention_heads=4)
+    assert TinyModelConfig(hidden_size=64, num_attention_heads=2, num_key_value_heads=2).hidden_size == 64
