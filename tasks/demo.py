@@ -69,11 +69,6 @@ def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def client() -> AirflowClient:
-    s = get_settings()
-    return AirflowClient(stack.airflow_url(s), "admin", stack.credentials(s)["admin"])
-
-
 def wait_asset_run(api: AirflowClient, dag_id: str, after: str, timeout_s: float = 300) -> str:
     """The run of ``dag_id`` an Asset event started after ``after`` (an ISO timestamp)."""
     deadline = time.monotonic() + timeout_s
@@ -85,12 +80,8 @@ def wait_asset_run(api: AirflowClient, dag_id: str, after: str, timeout_s: float
     raise TimeoutError(f"no asset-triggered run of {dag_id} within {timeout_s}s")
 
 
-def run_demo(max_eval_samples: int = 40, keep_running: bool = True) -> int:
-    s = get_settings()
-    started = time.monotonic()
-    say("starting Airflow (standalone, SQLite, LocalExecutor) and MLflow on 127.0.0.1 ...")
-    stack.start(s, echo=say)
-    api = client()
+def run_chain(api: AirflowClient, reviewer: AirflowClient, max_eval_samples: int = 40) -> dict[str, Any]:
+    """Drive the chain through the REST API; returns what each stage produced."""
     for dag_id in DAGS:
         api.wait_for_dag(dag_id)
         api.unpause(dag_id)
@@ -109,37 +100,49 @@ def run_demo(max_eval_samples: int = 40, keep_running: bool = True) -> int:
     say(f"  {base['model_ref']} (MLflow run {base['mlflow_run_id']}), metrics {fmt(base['metrics'])}")
 
     say("dataset_process: Chinese Alpaca pairs (sft); publishing triggers model_train through the Asset ...")
-    before = api.run("dataset_process", api.trigger("dataset_process", SFT))
-    sft = finish(api, "dataset_process", before["dag_run_id"], "publish_version")
+    sft_run = api.run("dataset_process", api.trigger("dataset_process", SFT))
+    sft = finish(api, "dataset_process", sft_run["dag_run_id"], "publish_version")
     say(f"  {sft['ref']}: {sft['record_count']} records ({sft['quarantined_count']} quarantined)")
-    train_run = wait_asset_run(api, "model_train", before["run_after"])
+    train_run = wait_asset_run(api, "model_train", sft_run["run_after"])
     say(f"  model_train run {train_run} started by the Asset event; LoRA fine-tuning on the base ...")
     chat = finish(api, "model_train", train_run, "summarize")
     say(f"  {chat['model_ref']} (MLflow run {chat['mlflow_run_id']}), metrics {fmt(chat['metrics'])}")
 
     say(f"model_evaluate: {chat['model_ref']} on {evalset['ref']} ({max_eval_samples} questions) ...")
-    ev = finish(
-        api,
-        "model_evaluate",
-        api.trigger(
-            "model_evaluate",
-            {"model": chat["model_ref"], "dataset": evalset["ref"], "max_samples": max_eval_samples},
-        ),
-        "summarize",
-    )
+    conf = {"model": chat["model_ref"], "dataset": evalset["ref"], "max_samples": max_eval_samples}
+    ev = finish(api, "model_evaluate", api.trigger("model_evaluate", conf), "summarize")
     say(f"  metrics {fmt(ev['metrics'])} over {ev['n']} answers (MLflow run {ev['mlflow_run_id']})")
 
     say("model_serve: waiting for the approval gate ...")
     serve_run = api.trigger("model_serve", {"model": chat["model_ref"], "service_name": "tiny-chat"})
     detail = api.wait_for_hitl("model_serve", serve_run, "approve_deployment")
-    say(f"  gate asks: {detail.get('subject')}")
-    reviewer = AirflowClient(stack.airflow_url(s), "reviewer", stack.credentials(s)["reviewer"])
+    say(f"  the gate asks: {detail.get('subject')}")
     reviewer.respond("model_serve", serve_run, "approve_deployment", ["Approve"])
-    say("  approved by 'reviewer' through the REST API")
+    say(f"  approved by '{reviewer.username}' through the REST API")
     served = finish(api, "model_serve", serve_run, "smoke_test")
+    return {
+        "corpus": corpus,
+        "evalset": evalset,
+        "sft": sft,
+        "base": base,
+        "chat": chat,
+        "evaluation": ev,
+        "served": served,
+        "train_run": train_run,
+        "serve_run": serve_run,
+    }
 
-    minutes = (time.monotonic() - started) / 60
-    print_summary(s, corpus, evalset, sft, base, chat, ev, served, minutes)
+
+def run_demo(max_eval_samples: int = 40, keep_running: bool = True) -> int:
+    s = get_settings()
+    started = time.monotonic()
+    say("starting Airflow (SQLite, LocalExecutor) and MLflow on 127.0.0.1 ...")
+    stack.start(s, echo=say)
+    creds = stack.credentials(s)
+    api = AirflowClient(stack.airflow_url(s), "admin", creds["admin"])
+    reviewer = AirflowClient(stack.airflow_url(s), "reviewer", creds["reviewer"])
+    out = run_chain(api, reviewer, max_eval_samples)
+    print_summary(s, out, (time.monotonic() - started) / 60)
     if not keep_running:
         stack.stop(s, echo=say)
     return 0
@@ -154,7 +157,9 @@ def fmt(metrics: dict[str, Any] | None) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in (metrics or {}).items() if isinstance(v, int | float))
 
 
-def print_summary(s, corpus, evalset, sft, base, chat, ev, served, minutes: float) -> None:
+def print_summary(s, out: dict[str, Any], minutes: float) -> None:
+    corpus, evalset, sft, base, chat = out["corpus"], out["evalset"], out["sft"], out["base"], out["chat"]
+    ev, served = out["evaluation"], out["served"]
     creds = stack.credentials(s)
     url = served["url"]
     print(
