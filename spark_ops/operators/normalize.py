@@ -35,7 +35,7 @@ def _enumerator_table() -> dict[int, str]:
 
 
 ENUMERATORS = _enumerator_table()
-COLLAPSE = r"(```[\s\S]*?```)|(?<=\S)( ) +"
+COLLAPSE = r"(```[\s\S]*?```)|(?<=\S)( ) +(?=[^ \n])"
 ENUMERATOR_CLASS = "[" + "".join(ENUMERATORS.values()) + "]"
 
 
@@ -83,6 +83,7 @@ class Normalizer(Mapper):
             text = F.when(text.rlike(ENUMERATOR_CLASS), chained).otherwise(text)
         if p.collapse_spaces:
             # A fenced code block matches the first alternative and is put back unchanged ($1); elsewhere a
-            # run of spaces after a non-space matches the second and becomes one space ($2).
+            # run of spaces between two non-spaces becomes one space ($2). Trailing spaces stay: two of them
+            # before a newline are a Markdown line break.
             text = F.regexp_replace(text, COLLAPSE, "$1$2")
         return text
