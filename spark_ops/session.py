@@ -48,6 +48,10 @@ def session_conf(resources: SparkResources, master: str) -> dict[str, str]:
         cores = local_cores(master)
         conf["spark.sql.shuffle.partitions"] = str(max(2, 2 * cores))
         conf["spark.default.parallelism"] = str(max(2, 2 * cores))
+        # Everything runs in this JVM: listen on loopback only (by default Spark binds the machine's
+        # outward address when the hostname resolves to 127.0.0.1).
+        conf["spark.driver.host"] = "127.0.0.1"
+        conf["spark.driver.bindAddress"] = "127.0.0.1"
     else:
         total_cores = resources.num_executors * resources.executor_cores
         conf.update(
