@@ -169,6 +169,7 @@ def run(spec: EvalSpec) -> dict[str, Any]:
     import mlflow
 
     # ---- setup
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request drowns the engine log
     lake = Lake.from_settings()
     records, ids = load_test_records(spec, lake)
     log.info("evaluating %d records of %s against %s", len(records), spec.dataset_uri, spec.endpoint.base_url)

@@ -100,11 +100,28 @@ def save_model_dir(
     from transformers import GenerationConfig
 
     target.mkdir(parents=True, exist_ok=True)
+    model.config.use_cache = True  # the Trainer turns the KV cache off; servers generate with it
     stops = stop_token_ids(tokenizer)
     model.generation_config = GenerationConfig(
         eos_token_id=stops, pad_token_id=tokenizer.pad_token_id, bos_token_id=model.config.bos_token_id
     )
     model.save_pretrained(target, safe_serialization=True)
-    tokenizer.save_pretrained(target)
+    save_tokenizer(tokenizer, target)
     (target / FORGEFLOW_FILE).write_text(json.dumps(forgeflow, ensure_ascii=False, indent=2, default=str))
     return target
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, target: Path) -> None:
+    """Save the tokenizer with a config any transformers release (and vLLM) reads.
+
+    transformers 5 writes its internal ``TokenizersBackend`` class name and the ``local_files_only`` flag
+    it was loaded with; ``PreTrainedTokenizerFast`` is the name every 4.x and 5.x release resolves.
+    """
+    tokenizer.save_pretrained(target)
+    path = target / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    for key in ("is_local", "local_files_only"):
+        config.pop(key, None)
+    path.write_text(json.dumps(config, ensure_ascii=False, indent=2))

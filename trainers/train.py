@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tasks.engine import engine_main
-from tasks.registry import client, ensure_experiment, register_model_dir
+from tasks.registry import client, ensure_experiment, fetch_model, register_model_dir
 from tasks.specs import HyperParams, TrainSpec
 from tasks.storage import Lake
 from trainers.data import (
@@ -38,7 +38,14 @@ from trainers.data import (
     split_indices,
     train_tokenizer,
 )
-from trainers.modeling import add_lora, build_tiny_model, count_parameters, load_base, save_model_dir
+from trainers.modeling import (
+    add_lora,
+    build_tiny_model,
+    count_parameters,
+    load_base,
+    save_model_dir,
+    save_tokenizer,
+)
 from trainers.tracking import MlflowStepLogger, code_version, flatten, perplexity
 
 if TYPE_CHECKING:
@@ -299,8 +306,6 @@ def run(spec: TrainSpec) -> dict[str, Any]:
         model = build_tiny_model(spec.tiny, tokenizer, hp.seed)
         base_path = None
     else:
-        from tasks.registry import fetch_model
-
         base_path = fetch_model(spec.base_model)
         model, tokenizer = load_base(base_path)
     prepare = prepare_pretrain if spec.method == "pretrain" else prepare_sft
@@ -366,7 +371,7 @@ def run(spec: TrainSpec) -> dict[str, Any]:
             if spec.method == "sft_lora":
                 adapter_dir = out / "adapter"
                 trainer.model.save_pretrained(adapter_dir)
-                tokenizer.save_pretrained(adapter_dir)
+                save_tokenizer(tokenizer, adapter_dir)
                 mlflow.log_artifacts(str(adapter_dir), "adapter")
                 final = trainer.model.merge_and_unload() if spec.merge_lora else trainer.model
                 forgeflow["format"] = "merged" if spec.merge_lora else "peft_adapter"
@@ -385,10 +390,14 @@ def run(spec: TrainSpec) -> dict[str, Any]:
             "perplexity": perplexity(eval_loss) if eval_loss is not None else None,
             "tokens_per_second": tokens / runtime if runtime > 0 else None,
         }
-        final_metrics = {**metrics, "train_runtime": runtime, "train_tokens_seen": float(tokens)}
-        mlflow.log_metrics(
-            {k: v for k, v in final_metrics.items() if v is not None}, step=trainer.state.global_step
-        )
+        # eval_loss and perplexity were logged by the step logger when trainer.evaluate() reported them.
+        final_metrics = {
+            "train_loss": metrics["train_loss"],
+            "train_runtime": runtime,
+            "train_tokens_seen": float(tokens),
+            "train_tokens_per_second": metrics["tokens_per_second"] or 0.0,  # whole-run average
+        }
+        mlflow.log_metrics(final_metrics, step=trainer.state.global_step)
 
         version = None
         if spec.register_as:

@@ -16,8 +16,8 @@ TINY = {
     "hidden_size": 64,
     "intermediate_size": 128,
     "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
+    "num_attention_heads": 2,  # head size 32: one vLLM's CPU build serves
+    "num_key_value_heads": 1,  # exercises grouped-query attention
     "vocab_size": 512,
     "max_position_embeddings": 128,
 }
@@ -55,7 +55,7 @@ def _pretrain_rows(n: int) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    """TinyModelConfig of the integration tests: 2 layers, 64 dims, 512 tokens."""
+    """TinyModelConfig of the integration tests: 2 layers, 64 dims, 2 heads (1 KV head), 512 tokens."""
     from tasks.specs import TinyModelConfig
 
     return TinyModelConfig(**TINY)

@@ -3,6 +3,7 @@ version -> idempotent rerun; and full SFT with an evaluation set. Real MLflow (S
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,12 @@ def _run(spec: TrainSpec) -> dict:
 def _assert_loads_and_generates(model_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["use_cache"] is True
+    assert (
+        json.loads((model_dir / "tokenizer_config.json").read_text())["tokenizer_class"]
+        == "PreTrainedTokenizerFast"
+    )
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     assert isinstance(model, LlamaForCausalLM) and next(model.parameters()).dtype.is_floating_point
@@ -78,7 +85,7 @@ def test_pretrain_then_lora_on_the_registered_version(forgeflow_home, tiny_model
     assert 0 <= r["packing_waste"] * int(run.data.params["resolved.train_tokens"]) < 64
     for key in ("loss", "learning_rate", "grad_norm", "tokens_per_second", "epoch"):
         assert len(c.get_metric_history(run.info.run_id, key)) >= 2, key
-    assert {"eval_loss", "perplexity", "train_runtime"} <= set(run.data.metrics)
+    assert {"eval_loss", "perplexity", "train_runtime", "train_tokens_per_second"} <= set(run.data.metrics)
     assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["general/pretrain@V1"]
     artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
     assert {"model", "spec.json", "result.json"} <= artifacts
@@ -130,3 +137,21 @@ def test_sft_full_with_an_eval_set(forgeflow_home, tiny_model):
     assert r["model_version"] is None and r["registered_model"] is None
     assert r["metrics"]["eval_loss"] > 0 and "packing_waste" not in r
     _assert_loads_and_generates(forgeflow_home / "lake" / "models" / "sft-full-1" / "model")
+
+
+def test_lora_without_merge_saves_the_adapter_as_the_model(forgeflow_home, tiny_model):
+    spec = TrainSpec(
+        run_key="sft-lora-nomerge",
+        method="sft_lora",
+        tiny=tiny_model,
+        merge_lora=False,
+        validation_split=0,
+        train_uri=_lake(forgeflow_home, "datasets", "sft", "v1"),
+        output_uri=_lake(forgeflow_home, "models", "sft-lora-nomerge"),
+        hyperparams=default_hyperparams("sft_lora", max_steps=2, batch_size=4, max_seq_length=48),
+    )
+    r = _run(spec)
+    assert r["metrics"]["eval_loss"] is None and r["metrics"]["perplexity"] is None
+    model_dir = forgeflow_home / "lake" / "models" / "sft-lora-nomerge" / "model"
+    assert json.loads((model_dir / "forgeflow.json").read_text())["format"] == "peft_adapter"
+    assert (model_dir / "adapter_config.json").exists() and (model_dir / "tokenizer.json").exists()
