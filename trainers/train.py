@@ -163,6 +163,11 @@ def prepare_pretrain(
         train_idx, val_idx = split_indices(len(texts), spec.validation_split, spec.hyperparams.seed)
         texts, eval_texts = [texts[i] for i in train_idx], [texts[i] for i in val_idx]
     block, eos = spec.hyperparams.max_seq_length, tokenizer.eos_token_id
+    if eos is None:
+        raise DataError(
+            f"base_model {spec.base_model}: its tokenizer has no eos token, which packing puts between "
+            "documents; set eos_token in the model's tokenizer_config.json"
+        )
 
     def encode(batch: list[str]) -> list[list[int]]:
         return tokenizer(batch, add_special_tokens=False)["input_ids"] if batch else []
