@@ -61,8 +61,9 @@ NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
             "shared://sft/alpaca_zh_demo.json",
             type=["string", "array"],
             section="Import",
-            description="File, directory or URI to import (or a list). shared:// is the bundled "
-            "data directory; s3:// and file:// work too.",
+            description="File, directory or URI to import, or a list of them; a list entry may also be "
+            "a mapping {uri, format, field_map, source} for inputs of different shapes. shared:// is the "
+            "bundled data directory; s3:// and file:// work too.",
         ),
         "format": Param(
             "alpaca",

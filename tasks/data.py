@@ -25,6 +25,20 @@ def resolve_source(uri: str) -> str:
     return to_uri(p if p is not None and p.exists() else uri)
 
 
+def input_source(src: str | dict[str, Any], params: dict[str, Any]) -> InputSource:
+    """One input: a URI using the run's format and field map, or a mapping with its own."""
+    base = {
+        "format": params["format"],
+        "field_map": params.get("field_map") or {},
+        "source": params.get("source_label") or None,
+    }
+    if isinstance(src, str):
+        return InputSource(uri=resolve_source(src), **base)
+    if not isinstance(src, dict) or "uri" not in src:
+        raise ValueError(f"source entries are URIs or mappings with a 'uri'; got {src!r}")
+    return InputSource(**{**base, **src, "uri": resolve_source(src["uri"])})
+
+
 def version_uri(scene: str, dataset: str, run_key: str, lake: Lake | None = None) -> str:
     """Each writer run gets its own directory; the catalogue row is what makes it a version."""
     lake = lake or Lake.from_settings()
@@ -44,15 +58,7 @@ def build_process_spec(params: dict[str, Any], run_key: str) -> str:
     sources = params["source"] if isinstance(params["source"], list) else [params["source"]]
     spec = ProcessSpec(
         run_key=run_key,
-        inputs=[
-            InputSource(
-                uri=resolve_source(s),
-                format=params["format"],
-                field_map=params.get("field_map") or {},
-                source=params.get("source_label") or None,
-            )
-            for s in sources
-        ],
+        inputs=[input_source(src, params) for src in sources],
         usage=params["usage"],
         operators=load_recipe(params["recipe"]),
         spark=spark,

@@ -20,14 +20,24 @@ DAGS = ("dataset_process", "model_train", "model_evaluate", "model_serve")
 TANG = [f"shared://corpus/tang_poems/poet.tang.{n}.json" for n in (0, 1000, 2000, 3000, 4000)]
 CORPUS = {
     "scene": "general",
-    "dataset": "tang-poems",
+    "dataset": "zh-corpus",
     "usage": "pretrain",
-    "source": TANG,
+    # two raw sources of different shapes: Tang poems (traditional) and Alpaca answers (simplified)
+    "source": [
+        *(
+            {"uri": uri, "format": "json", "field_map": {"text": "paragraphs"}, "source": "tang-poems"}
+            for uri in TANG
+        ),
+        {
+            "uri": "shared://sft/alpaca_zh_demo.json",
+            "format": "json",
+            "field_map": {"text": "output"},
+            "source": "alpaca-zh-answers",
+        },
+    ],
     "format": "json",
-    "field_map": {"text": "paragraphs"},
-    "source_label": "chinese-poetry",
     "recipe": "standard-clean",
-    "note": "Tang poems (traditional characters), pretraining corpus",
+    "note": "Chinese pretraining corpus: Tang poems and Alpaca answers",
 }
 EVALSET = {
     "scene": "general",
@@ -55,9 +65,9 @@ SFT = {
 PRETRAIN = {
     "method": "pretrain",
     "base_model": "tiny",
-    "dataset": "general/tang-poems@published",
+    "dataset": "general/zh-corpus@published",
     "register_as": "forgeflow-tiny-base",
-    "hp_epochs": 1,
+    "hp_epochs": 2,
     "hp_batch_size": 16,
     "hp_learning_rate": 5e-4,
     "hp_warmup_ratio": 0.05,

@@ -162,7 +162,12 @@ class HyperParams(BaseModel):
         default="cosine", description="Learning-rate schedule after warmup."
     )
     warmup_ratio: float = Field(default=0.01, ge=0, le=0.5, description="Share of steps spent warming up.")
-    min_lr_ratio: float = Field(default=0.1, ge=0, le=1, description="Decay floor: min LR = LR x ratio.")
+    min_lr_ratio: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Decay floor of the cosine schedule: min LR = LR x ratio (linear decays to 0).",
+    )
     weight_decay: float = Field(default=0.1, ge=0, le=1, description="AdamW weight decay.")
     optimizer: Literal["adamw"] = Field(default="adamw", description="Optimizer.")
     max_seq_length: int = Field(default=256, ge=16, le=32768, description="Tokens per training sequence.")
@@ -225,6 +230,15 @@ class TrainSpec(Spec):
     @classmethod
     def _name(cls, v: str | None) -> str | None:
         return None if v is None else check_name(v, "register_as")
+
+    @model_validator(mode="after")
+    def _adapter_needs_a_base(self) -> TrainSpec:
+        if self.method == "sft_lora" and not self.merge_lora and self.base_model == "tiny":
+            raise ValueError(
+                "merge_lora=false keeps only the adapter, which needs a registered or stored base model; "
+                "base_model 'tiny' is built in the run and not kept. Merge, or train the base first."
+            )
+        return self
 
 
 # ---------------------------------------------------------------- evaluation engine
