@@ -67,7 +67,7 @@ PRETRAIN = {
     "base_model": "tiny",
     "dataset": "general/zh-corpus@published",
     "register_as": "forgeflow-tiny-base",
-    "hp_epochs": 2,
+    "hp_epochs": 1,
     "hp_batch_size": 16,
     "hp_learning_rate": 5e-4,
     "hp_warmup_ratio": 0.05,
