@@ -167,9 +167,16 @@ def _info(v: DatasetVersion) -> VersionInfo:
         recipe=list(v.recipe or []),
         stats=dict(v.stats or {}),
         code_version=v.code_version,
-        created_at=v.created_at.isoformat() if v.created_at else "",
-        published_at=v.published_at.isoformat() if v.published_at else None,
+        created_at=_iso(v.created_at) or "",
+        published_at=_iso(v.published_at),
     )
+
+
+def _iso(t: datetime | None) -> str | None:
+    """ISO time in UTC; SQLite hands back naive datetimes for what was stored as UTC."""
+    if t is None:
+        return None
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).isoformat()
 
 
 def parse_ref(ref: str) -> tuple[str, str, str | None]:

@@ -112,6 +112,7 @@ def _size(uri: str) -> int:
 
 
 def _char_count(manifest: dict[str, Any]) -> int | None:
-    chars = manifest.get("characters") or manifest.get("chars") or {}
-    total = chars.get("sum") if isinstance(chars, dict) else None
-    return int(total) if total is not None else None
+    """Characters over all text columns (the manifest keeps a summary per column)."""
+    per_column = manifest.get("chars") or {}
+    sums = [c.get("sum") for c in per_column.values() if isinstance(c, dict) and c.get("sum") is not None]
+    return int(sum(sums)) if sums else None

@@ -1,0 +1,102 @@
+"""The stage callables behind DAG tasks, without Airflow: Params in, validated specs in the lake out."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from tasks.catalog import Catalog, CatalogError
+from tasks.data import _char_count, build_process_spec, input_source, resolve_source
+from tasks.engine import load_spec
+from tasks.specs import ProcessSpec, TrainSpec
+from tasks.training import build_train_spec, dataset_from_trigger, health_check
+
+PROCESS_PARAMS = {
+    "scene": "general", "dataset": "alpaca-zh", "usage": "sft", "source": "shared://sft/alpaca_zh_demo.json",
+    "format": "alpaca", "field_map": {}, "source_label": "", "max_reject_ratio": 0.1, "recipe": "standard-clean",
+    "num_executors": 2, "executor_cores": 2, "executor_memory_gb": 4, "driver_cores": 2, "driver_memory_gb": 4,
+    "spark_conf": {"spark.sql.ansi.enabled": True},
+}
+
+
+def test_shared_sources_resolve_to_the_bundled_data(ff_home):
+    uri = resolve_source("shared://sft/alpaca_zh_demo.json")
+    assert uri.startswith("file://") and uri.endswith("/data/sft/alpaca_zh_demo.json")
+    assert resolve_source("s3://b/k.jsonl") == "s3://b/k.jsonl"
+
+
+def test_sources_may_carry_their_own_format():
+    params = {"format": "alpaca", "field_map": {}, "source_label": "x"}
+    a = input_source("s3://b/a.json", params)
+    b = input_source({"uri": "s3://b/p.json", "format": "json", "field_map": {"text": "paragraphs"}}, params)
+    assert (a.format, a.source) == ("alpaca", "x")
+    assert (b.format, b.field_map, b.source) == ("json", {"text": "paragraphs"}, "x")
+    with pytest.raises(ValueError, match="mappings with a 'uri'"):
+        input_source({"path": "x"}, params)
+
+
+def test_process_spec_from_params(ff_home):
+    uri = build_process_spec(PROCESS_PARAMS, "dataset_process/manual__1")
+    spec = load_spec(uri, ProcessSpec)
+    assert [op.name for op in spec.operators] == ["normalize", "empty_filter", "exact_dedupe"]
+    assert spec.spark.conf == {"spark.sql.ansi.enabled": "True"}
+    assert spec.output_uri.endswith("/datasets/general/alpaca-zh/dataset-process-manual-1")
+
+
+def test_process_spec_rejects_seed_violations(ff_home):
+    with pytest.raises(ValidationError, match="between 1:2 and 1:4"):
+        build_process_spec({**PROCESS_PARAMS, "executor_memory_gb": 16}, "r")
+
+
+def test_char_count_sums_text_columns():
+    assert _char_count({"chars": {"context": {"sum": 5}, "target": {"sum": 7}}}) == 12
+    assert _char_count({}) is None
+
+
+class _Event:
+    def __init__(self, extra):
+        self.extra = extra
+
+
+def test_dataset_comes_from_param_or_triggering_asset_event():
+    assert dataset_from_trigger({"dataset": "general/a@V1"}, None) == "general/a@V1"
+    events = {"forgeflow://datasets/sft": [_Event({"ref": "general/a@V1"}), _Event({"ref": "general/a@V2"})]}
+    assert dataset_from_trigger({"dataset": ""}, events) == "general/a@V2"
+    with pytest.raises(CatalogError, match="no dataset given"):
+        dataset_from_trigger({"dataset": ""}, {})
+
+
+def _publish(usage: str) -> str:
+    cat = Catalog.from_settings()
+    cat.ensure_dataset("general", "d")
+    v = cat.commit_version("general", "d", run_key="r", uri="file:///v", usage=usage, record_count=3)
+    return cat.publish(v.ref).ref
+
+
+TRAIN_PARAMS = {
+    "method": "sft_lora", "base_model": "models:/base/1", "validation_split": 0.05, "experiment": "e",
+    "register_as": "chat", "merge_lora": True, "hp_epochs": None, "hp_learning_rate": 1e-4, "hp_batch_size": None,
+    "tiny_hidden_size": 256,
+}
+
+
+def test_train_spec_uses_method_defaults_and_overrides(ff_home):
+    ref = _publish("sft")
+    out = build_train_spec(TRAIN_PARAMS, "model_train/r1", ref)
+    spec = load_spec(out["spec_uri"], TrainSpec)
+    assert spec.hyperparams.epochs == 3 and spec.hyperparams.batch_size == 8  # SFT seed defaults
+    assert spec.hyperparams.learning_rate == 1e-4  # the user's override
+    assert spec.dataset_ref == "general/d@V1" and spec.train_uri == "file:///v"
+
+
+def test_train_spec_enforces_usage(ff_home):
+    ref = _publish("pretrain")
+    with pytest.raises(CatalogError, match="sft_lora can only use sft data"):
+        build_train_spec(TRAIN_PARAMS, "model_train/r1", ref)
+
+
+def test_health_check_reports_disk_and_lake(ff_home):
+    report = health_check(min_free_gb=0.001)
+    assert report["free_gb"] > 0 and report["lake"].startswith("file://")
+    with pytest.raises(RuntimeError, match="GB free"):
+        health_check(min_free_gb=10**9)
