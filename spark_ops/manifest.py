@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,7 +11,6 @@ from pyspark.sql import functions as F
 
 from spark_ops.canonical import FIELD_TYPES, TEXT_COLUMNS, text_length
 from tasks.records import COLUMNS
-from tasks.settings import PROJECT_ROOT
 from tasks.specs import ProcessSpec, Usage
 
 MANIFEST_VERSION = 1
@@ -24,25 +21,6 @@ def spec_fingerprint(spec: ProcessSpec) -> str:
     """Hash of what determines the data (inputs, usage, recipe, reject ratio); Spark resources do not."""
     payload = spec.model_dump_json(include={"inputs", "usage", "operators", "max_reject_ratio", "output_uri"})
     return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def code_version() -> str:
-    """``FORGEFLOW_CODE_VERSION`` (set in images), else the git commit of this checkout, else 'unknown'."""
-    env = os.environ.get("FORGEFLOW_CODE_VERSION")
-    if env:
-        return env
-    try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def text_stats(df: DataFrame, usage: Usage) -> tuple[int, dict[str, dict[str, Any]]]:

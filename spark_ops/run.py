@@ -31,6 +31,7 @@ from tasks.records import DATA_DIR, MANIFEST, QUARANTINE_DIR
 from tasks.settings import get_settings
 from tasks.specs import ProcessSpec, slug
 from tasks.storage import Lake, to_uri
+from tasks.version import code_version
 
 log = logging.getLogger("forgeflow.spark_ops")
 TOP_REASONS = 5
@@ -222,7 +223,7 @@ def run(spec: ProcessSpec) -> dict[str, Any]:
                 "resources": spec.spark.model_dump(mode="json"),
             },
             "timings": {**timings, "total": round(time.monotonic() - started, 3)},
-            "code_version": mf.code_version(),
+            "code_version": code_version(),
             "created_at": mf.now_iso(),
         }
     # Written after the staged files are in place: its presence is what marks the version complete.

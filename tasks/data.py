@@ -7,10 +7,11 @@ from typing import Any
 from tasks.catalog import Catalog
 from tasks.engine import result_uri_for
 from tasks.recipes import load_recipe
-from tasks.runners import git_version, prepare, read_result
+from tasks.runners import prepare, read_result
 from tasks.settings import PROJECT_ROOT, get_settings
 from tasks.specs import InputSource, ProcessSpec, SparkResources, slug
 from tasks.storage import Lake, to_uri
+from tasks.version import code_version
 
 SHARED_PREFIX = "shared://"
 
@@ -96,7 +97,7 @@ def commit_processed(
         parents=parents or [],
         recipe=[op.model_dump() for op in spec.operators],
         stats={"records_in": result.get("records_in"), "operators": result.get("operators", [])},
-        code_version=manifest.get("code_version") or git_version(),
+        code_version=manifest.get("code_version") or code_version(),
     )
     return {**info.to_dict(), "result_uri": result_uri_for(spec_uri)}
 

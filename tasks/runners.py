@@ -23,6 +23,7 @@ from tasks.engine import result_uri_for, write_spec
 from tasks.settings import PROJECT_ROOT, get_settings
 from tasks.specs import Spec, slug
 from tasks.storage import Lake
+from tasks.version import code_version
 
 if TYPE_CHECKING:
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
@@ -79,21 +80,6 @@ def read_result(spec_uri: str, lake: Lake | None = None) -> dict[str, Any]:
     return result
 
 
-def git_version() -> str:
-    if v := os.environ.get("FORGEFLOW_CODE_VERSION"):
-        return v
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(PROJECT_ROOT), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-
-
 class LocalRunner:
     """Runs the engine as a child process in its own process group; its output goes to our log."""
 
@@ -105,7 +91,7 @@ class LocalRunner:
         env = dict(os.environ)
         s = get_settings()
         env.setdefault("FORGEFLOW_HOME", str(s.home))
-        env["FORGEFLOW_CODE_VERSION"] = git_version()
+        env["FORGEFLOW_CODE_VERSION"] = code_version()
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -25,9 +25,9 @@ from tasks.engine import engine_main
 from tasks.registry import ensure_experiment
 from tasks.specs import EvalSpec
 from tasks.storage import Lake
+from tasks.version import code_version
 from trainers.data import ChatRecord, DataError, chat_records, read_records
 from trainers.metrics import corpus_bleu, rouge_l, sentence_bleu
-from trainers.tracking import code_version
 
 if TYPE_CHECKING:
     import httpx

@@ -3,36 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from transformers import TrainerCallback
 
-from tasks.settings import PROJECT_ROOT
-
 MAX_PARAM_CHARS = 6000  # MLflow's limit on one param value
-
-
-def code_version() -> str:
-    """FORGEFLOW_CODE_VERSION, else the git commit of the checkout, else 'unknown'."""
-    env = os.environ.get("FORGEFLOW_CODE_VERSION")
-    if env:
-        return env
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

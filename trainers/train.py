@@ -25,6 +25,7 @@ from tasks.engine import engine_main
 from tasks.registry import client, ensure_experiment, fetch_model, register_model_dir
 from tasks.specs import HyperParams, TrainSpec
 from tasks.storage import Lake
+from tasks.version import code_version
 from trainers.data import (
     ChatRecord,
     DataError,
@@ -46,7 +47,7 @@ from trainers.modeling import (
     save_model_dir,
     save_tokenizer,
 )
-from trainers.tracking import MlflowStepLogger, code_version, flatten, perplexity
+from trainers.tracking import MlflowStepLogger, flatten, perplexity
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from tasks.specs import TrainSpec, default_hyperparams
 
@@ -140,10 +141,24 @@ def test_sft_full_with_an_eval_set(forgeflow_home, tiny_model):
 
 
 def test_lora_without_merge_saves_the_adapter_as_the_model(forgeflow_home, tiny_model):
+    # an unmerged adapter needs a base that is kept: 'tiny' is built in the run, so it is refused
+    with pytest.raises(ValidationError, match="merge_lora=false keeps only the adapter"):
+        TrainSpec(run_key="x", method="sft_lora", tiny=tiny_model, merge_lora=False, train_uri="file:///d",
+                  output_uri="file:///o")
+    base = TrainSpec(
+        run_key="pretrain-for-adapter",
+        method="pretrain",
+        tiny=tiny_model,
+        validation_split=0,
+        train_uri=_lake(forgeflow_home, "datasets", "pretrain", "v1"),
+        output_uri=_lake(forgeflow_home, "models", "pretrain-for-adapter"),
+        hyperparams=default_hyperparams("pretrain", max_steps=2, batch_size=4, max_seq_length=48),
+    )
+    base_dir = _run(base)["model_uri"]
     spec = TrainSpec(
         run_key="sft-lora-nomerge",
         method="sft_lora",
-        tiny=tiny_model,
+        base_model=base_dir,
         merge_lora=False,
         validation_split=0,
         train_uri=_lake(forgeflow_home, "datasets", "sft", "v1"),

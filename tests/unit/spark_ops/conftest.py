@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ def spark() -> Iterator[SparkSession]:
     session = build_session(TEST_RESOURCES, "spark-ops-unit-tests", master="local[1]")
     yield session
     session.stop()
+    # py4j logs its shutdown at exit, after pytest has closed the captured streams
+    logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
 def write_jsonl(path: Path, records: list[Any], bom: bool = False) -> Path:
