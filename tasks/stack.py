@@ -151,6 +151,25 @@ def components(s: Settings) -> list[Component]:
     ]
 
 
+def _check_ports_free(s: Settings) -> None:
+    """Fail early and clearly when another program holds a port this stack needs (and it is not ours)."""
+    import socket
+
+    for name, port, setting in (
+        ("mlflow", s.mlflow_port, "FORGEFLOW_MLFLOW_PORT"),
+        ("airflow-api-server", s.airflow_port, "FORGEFLOW_AIRFLOW_PORT"),
+    ):
+        pidfile = _pidfile(s, name)
+        if pidfile.exists() and _alive(json.loads(pidfile.read_text())["pid"]):
+            continue
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                raise RuntimeError(
+                    f"port {port} on 127.0.0.1 is in use by another program; {name} needs it. "
+                    f"Stop that program or choose another port with {setting}=<port>."
+                )
+
+
 def migrate_airflow(env: dict[str, str], s: Settings) -> None:
     """Create or upgrade Airflow's metadata database (idempotent; quick when already current)."""
     log = s.path("logs") / "airflow-db-migrate.log"
@@ -184,6 +203,7 @@ def start(s: Settings | None = None, timeout_s: float = 300, echo=print) -> None
     """Start the components not yet running and wait until all answer their health checks."""
     s = s or get_settings()
     env = stack_env(s)
+    _check_ports_free(s)
     migrate_airflow(env, s)
     for c in components(s):
         pidfile = _pidfile(s, c.name)

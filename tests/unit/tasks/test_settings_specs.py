@@ -115,3 +115,28 @@ def test_tiny_model_head_size_must_be_servable_by_vllm():
     with pytest.raises(ValidationError, match="cannot be served by vLLM"):
         TinyModelConfig(hidden_size=64, num_attention_heads=4)
     assert TinyModelConfig(hidden_size=64, num_attention_heads=2, num_key_value_heads=2).hidden_size == 64
+
+
+def test_stack_refuses_a_port_held_by_another_program(ff_home, monkeypatch):
+    import socket
+
+    from tasks import stack
+
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        monkeypatch.setenv("FORGEFLOW_AIRFLOW_PORT", str(srv.getsockname()[1]))
+        get_settings.cache_clear()
+        with pytest.raises(RuntimeError, match="FORGEFLOW_AIRFLOW_PORT"):
+            stack.start(get_settings())
+
+
+def test_stack_env_binds_everything_to_loopback(ff_home):
+    from tasks.stack import components, stack_env
+
+    env = stack_env()
+    assert env["AIRFLOW__API__HOST"] == "127.0.0.1"
+    assert env["AIRFLOW__CORE__PARALLELISM"] == "4"
+    cmds = {c.name: c.cmd for c in components(get_settings())}
+    assert "--skip-serve-logs" in cmds["airflow-scheduler"] and "--skip-serve-logs" in cmds["airflow-triggerer"]
+    assert cmds["mlflow"][cmds["mlflow"].index("--host") + 1] == "127.0.0.1"
