@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# ~11 minutes on an idle 2-core machine; the limit leaves room for a loaded one
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(3000)]
 
 
 def _free_port() -> int:
