@@ -2,9 +2,12 @@
 
 from spark_ops.operators import (  # noqa: F401  (registration side effect)
     abnormal,
+    chinese,
     dedupe,
     filters,
     normalize,
+    replace,
+    tagging,
 )
 from spark_ops.operators.base import (
     KEEP,

@@ -18,6 +18,7 @@ from pyspark.sql import Column
 from pyspark.sql import functions as F
 
 from spark_ops.operators.base import Mapper, OperatorParams, register
+from spark_ops.operators.regex import check_java_regex
 
 # C0 controls except \t (09) and \n (0A); \r is handled apart (CRLF -> LF, a lone CR -> LF); DEL; C1 controls.
 CONTROL = r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]"
@@ -33,9 +34,7 @@ _CONT = r"[\x{0080}-\x{00BF}\x{20AC}\x{201A}\x{0192}\x{201E}\x{2026}\x{2020}\x{2
 # UTF-8 read as Latin-1 / cp1252: a lead byte (Ã, â, ð ...) followed by its continuation bytes, e.g. "Ã©"
 # (é), "â€™" (’), "ï¿½" (U+FFFD), "ä½ å¥½" (你好). Two or more in a row for 2-byte sequences, so that a
 # lone "Â£" style pair in real text is still caught but ordinary accented words ("café", "naïve") are not.
-UTF8_AS_LATIN1 = (
-    rf"(?:[\x{{00C2}}-\x{{00DF}}]{_CONT}|[\x{{00E0}}-\x{{00EF}}]{_CONT}{{2}}|[\x{{00F0}}-\x{{00F4}}]{_CONT}{{3}})+"
-)
+UTF8_AS_LATIN1 = rf"(?:[\x{{00C2}}-\x{{00DF}}]{_CONT}|[\x{{00E0}}-\x{{00EF}}]{_CONT}{{2}}|[\x{{00F0}}-\x{{00F4}}]{_CONT}{{3}})+"
 # GBK (or Big5) bytes read as Latin-1: runs of 4+ characters from U+00A1-U+00FF, e.g. "ÄãºÃ" (你好); real
 # European text never strings four accented letters or Latin-1 symbols together.
 GBK_AS_LATIN1 = r"[\x{00A1}-\x{00FF}]{4,}"
@@ -117,15 +116,6 @@ DEFAULT_BOILERPLATE = [
 ]
 
 
-def _check_regex(pattern: str, field: str) -> str:
-    """Compile with Python's re (close to Java's syntax) so a bad pattern fails at construction, named."""
-    try:
-        re.compile(pattern)
-    except re.error as e:
-        raise ValueError(f"{field}: invalid regular expression {pattern!r}: {e}") from None
-    return pattern
-
-
 @register
 class InvisibleCharRemover(Mapper):
     """Remove control characters (U+0000-U+001F except tab and newline, DEL, C1), zero-width and BOM
@@ -135,7 +125,8 @@ class InvisibleCharRemover(Mapper):
 
     class Params(OperatorParams):
         control: bool = Field(
-            default=True, description="Remove C0/C1 control characters except \\t and \\n; \\r\\n and \\r -> \\n."
+            default=True,
+            description="Remove C0/C1 control characters except \\t and \\n; \\r\\n and \\r -> \\n.",
         )
         invisible: bool = Field(
             default=True,
@@ -143,7 +134,8 @@ class InvisibleCharRemover(Mapper):
             "(U+FEFF). Note: U+200D also joins emoji sequences (👨‍👩‍👧 becomes three emoji).",
         )
         bidi: bool = Field(
-            default=True, description="Remove bidirectional controls (U+200E/F, U+202A-U+202E, U+2066-U+2069)."
+            default=True,
+            description="Remove bidirectional controls (U+200E/F, U+202A-U+202E, U+2066-U+2069).",
         )
 
     params: Params
@@ -167,7 +159,9 @@ class GarbledTextRemover(Mapper):
     name = "remove_garbled"
 
     class Params(OperatorParams):
-        replacement_chars: bool = Field(default=True, description="Remove U+FFFD runs, 锟斤拷, 烫烫烫, 屯屯屯.")
+        replacement_chars: bool = Field(
+            default=True, description="Remove U+FFFD runs, 锟斤拷, 烫烫烫, 屯屯屯."
+        )
         mojibake: bool = Field(
             default=True,
             description="Remove UTF-8-as-Latin-1/cp1252 sequences and GBK-as-Latin-1 runs (4+ characters of "
@@ -199,11 +193,17 @@ class EmojiRemover(Mapper):
     params: Params
 
     def rewrite(self, text: Column) -> Column:
-        return F.regexp_replace(text, EMOJI, self.params.replacement.replace("\\", "\\\\").replace("$", "\\$"))
+        return F.regexp_replace(
+            text, EMOJI, self.params.replacement.replace("\\", "\\\\").replace("$", "\\$")
+        )
+
+
+_ENTITY_RE = re.compile(ENTITY)
 
 
 def _unescape(text: str) -> str:
-    return html.unescape(text) if "&" in text else text
+    # Only terminated references: html.unescape alone would also turn HTML5's legacy "&lt 2" into "< 2".
+    return _ENTITY_RE.sub(lambda m: html.unescape(m[0]), text) if "&" in text else text
 
 
 @register
@@ -226,9 +226,14 @@ class HtmlCleaner(Mapper):
 
     def rewrite(self, text: Column) -> Column:
         if self.params.tags:
-            text = F.regexp_replace(text, HTML_DROP, "")
-            text = F.regexp_replace(text, HTML_BLOCK_BREAK, "\n")
-            text = F.regexp_replace(text, HTML_TAG, "")
+            stripped = F.regexp_replace(text, HTML_DROP, "")
+            stripped = F.regexp_replace(stripped, HTML_BLOCK_BREAK, "\n")
+            stripped = F.regexp_replace(stripped, HTML_TAG, "")
+            # Block ends leave line breaks at the edges and in runs: trim them, at most one blank line.
+            stripped = F.regexp_replace(
+                F.regexp_replace(stripped, r"^\s*\n|\n\s*$", ""), r"\n\s*\n\s*\n", "\n\n"
+            )
+            text = F.when(text.rlike(f"{HTML_TAG}|{HTML_DROP}"), stripped).otherwise(text)
         if self.params.entities == "common":
             # One pass per entity; texts without '&' skip the chain.
             chained = text
@@ -279,7 +284,9 @@ class BoilerplateLineRemover(Mapper):
             description="Regular expressions (Java syntax; validated with Python's re); a line matching any "
             "is removed.",
         )
-        extra_patterns: list[str] = Field(default_factory=list, description="More patterns, added to `patterns`.")
+        extra_patterns: list[str] = Field(
+            default_factory=list, description="More patterns, added to `patterns`."
+        )
         max_line_chars: int = Field(
             default=100,
             ge=1,
@@ -290,7 +297,7 @@ class BoilerplateLineRemover(Mapper):
         @field_validator("patterns", "extra_patterns")
         @classmethod
         def _valid(cls, v: list[str], info) -> list[str]:  # noqa: ANN001
-            return [_check_regex(p, f"{info.field_name}[{i}]") for i, p in enumerate(v)]
+            return [check_java_regex(p, f"{info.field_name}[{i}]") for i, p in enumerate(v)]
 
     params: Params
 
@@ -308,4 +315,4 @@ class BoilerplateLineRemover(Mapper):
 
 def _scoped(pattern: str) -> str:
     m = re.match(r"^\(\?([a-zA-Z]+)\)", pattern)
-    return f"(?{m.group(1)}:{pattern[m.end():]})" if m else f"(?:{pattern})"
+    return f"(?{m.group(1)}:{pattern[m.end() :]})" if m else f"(?:{pattern})"
