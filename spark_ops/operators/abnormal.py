@@ -31,10 +31,14 @@ BIDI = r"[\x{200E}\x{200F}\x{202A}-\x{202E}\x{2066}-\x{2069}\x{061C}]"
 # Bytes 0x80-0xBF (UTF-8 continuation bytes) as Latin-1 shows them, plus the characters cp1252 puts at
 # 0x80-0x9F -- what a continuation byte looks like after a wrong decode either way.
 _CONT = r"[\x{0080}-\x{00BF}\x{20AC}\x{201A}\x{0192}\x{201E}\x{2026}\x{2020}\x{2021}\x{02C6}\x{2030}\x{0160}\x{2039}\x{0152}\x{017D}\x{2018}\x{2019}\x{201C}\x{201D}\x{2022}\x{2013}\x{2014}\x{02DC}\x{2122}\x{0161}\x{203A}\x{0153}\x{017E}\x{0178}]"
-# UTF-8 read as Latin-1 / cp1252: a lead byte (Ã, â, ð ...) followed by its continuation bytes, e.g. "Ã©"
-# (é), "â€™" (’), "ï¿½" (U+FFFD), "ä½ å¥½" (你好). Two or more in a row for 2-byte sequences, so that a
-# lone "Â£" style pair in real text is still caught but ordinary accented words ("café", "naïve") are not.
-UTF8_AS_LATIN1 = rf"(?:[\x{{00C2}}-\x{{00DF}}]{_CONT}|[\x{{00E0}}-\x{{00EF}}]{_CONT}{{2}}|[\x{{00F0}}-\x{{00F4}}]{_CONT}{{3}})+"
+# UTF-8 read as Latin-1 / cp1252: a lead byte (Ã, â, ä ...) followed by its continuation bytes, e.g. "Ã©"
+# (é), "â€™" (’), "ï¿½" (U+FFFD), "ä½ å¥½" (你好). One sequence on its own is ambiguous ("«café…»" holds
+# é + … + », the bytes of a CJK character), so a lone sequence counts only with the leads real mojibake
+# shows alone -- Â/Ã (Latin-1 letters and symbols), â (punctuation: â€™ â€œ), ï (ï¿½, full-width forms) or
+# a 4-byte lead (emoji) -- and any other lead (CJK, Cyrillic ...) only in runs of two or more.
+_SEQ = rf"(?:[\x{{00C2}}-\x{{00DF}}]{_CONT}|[\x{{00E0}}-\x{{00EF}}]{_CONT}{{2}}|[\x{{00F0}}-\x{{00F4}}]{_CONT}{{3}})"
+_LONE = rf"(?:[\x{{00C2}}\x{{00C3}}]{_CONT}|[\x{{00E2}}\x{{00EF}}]{_CONT}{{2}}|[\x{{00F0}}-\x{{00F4}}]{_CONT}{{3}})"
+UTF8_AS_LATIN1 = rf"{_LONE}{_SEQ}*|{_SEQ}{{2,}}"
 # GBK (or Big5) bytes read as Latin-1: runs of 4+ characters from U+00A1-U+00FF, e.g. "ÄãºÃ" (你好); real
 # European text never strings four accented letters or Latin-1 symbols together.
 GBK_AS_LATIN1 = r"[\x{00A1}-\x{00FF}]{4,}"

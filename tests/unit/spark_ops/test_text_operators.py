@@ -106,18 +106,18 @@ def test_remove_garbled_keeps_real_accents_and_symbols(spark: SparkSession) -> N
     gbk_as_latin1 = "你好".encode("gbk").decode("latin-1")  # 'ÄãºÃ'
     df = pretrain(
         spark,
-        "cafÃ© is â€œgoodâ€\x9d",
+        "cafÃ© is â€œgoodâ€\x9d, Ð¿Ñ€Ð¸Ð²ÐµÑ‚ (привет)",
         f"说{utf8_as_latin1}了 {gbk_as_latin1} world",
         "好\ufffd\ufffd 锟斤拷锟斤拷 烫烫烫烫 end ï¿½",
-        "café naïve Straße £5 © 2024 ½ cup «¿Qué?» Ærø Ça",  # decoys
+        "café naïve Straße £5 © 2024 ½ cup «¿Qué?» Ærø Ça, il a dit «café…» — Ñandú×2",  # decoys
         "烫手的山芋，烫烫的",  # decoy: only two 烫 in a row
     )
     out = texts(GarbledTextRemover().apply(df, PRETRAIN))
     assert out == [
-        "caf is good",
+        "caf is good,  (привет)",
         "说了  world",
         "好   end ",
-        "café naïve Straße £5 © 2024 ½ cup «¿Qué?» Ærø Ça",
+        "café naïve Straße £5 © 2024 ½ cup «¿Qué?» Ærø Ça, il a dit «café…» — Ñandú×2",
         "烫手的山芋，烫烫的",
     ]
 
