@@ -147,12 +147,12 @@ class InvisibleCharRemover(Mapper):
     def rewrite(self, text: Column) -> Column:
         p = self.params
         if p.control:
-            text = F.regexp_replace(F.regexp_replace(text, r"\r\n?", "\n"), CONTROL, "")
-        if p.invisible:
-            text = F.regexp_replace(text, INVISIBLE, "")
-        if p.bidi:
-            text = F.regexp_replace(text, BIDI, "")
-        return text
+            text = F.regexp_replace(text, r"\r\n?", "\n")
+        # One pass over the text for all enabled classes: the classes are disjoint, so order does not matter.
+        classes = [
+            c[1:-1] for c, on in ((CONTROL, p.control), (INVISIBLE, p.invisible), (BIDI, p.bidi)) if on
+        ]
+        return F.regexp_replace(text, "[" + "".join(classes) + "]", "") if classes else text
 
 
 @register
@@ -237,7 +237,9 @@ class HtmlCleaner(Mapper):
             stripped = F.regexp_replace(
                 F.regexp_replace(stripped, r"^\s*\n|\n\s*$", ""), r"\n\s*\n\s*\n", "\n\n"
             )
-            text = F.when(text.rlike(f"{HTML_TAG}|{HTML_DROP}"), stripped).otherwise(text)
+            # contains() first: most texts hold no '<' and skip the regex scan entirely.
+            has_html = text.contains("<") & text.rlike(f"{HTML_TAG}|{HTML_DROP}")
+            text = F.when(has_html, stripped).otherwise(text)
         if self.params.entities == "common":
             # One pass per entity; texts without '&' skip the chain.
             chained = text
