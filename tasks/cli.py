@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -70,7 +71,7 @@ def _process_summary(result: dict[str, Any], manifest: dict[str, Any], out: Path
 def cmd_process(args: argparse.Namespace) -> int:
     """Run a recipe on a local input with the Spark engine; records, stats and quarantine go to --output."""
     from spark_ops.output import Export
-    from spark_ops.run import run
+    from spark_ops.run import ImportRejected, run
     from tasks.recipes import load_recipe
     from tasks.records import MANIFEST, QUARANTINE_DIR
     from tasks.specs import InputSource, ProcessSpec
@@ -94,6 +95,10 @@ def cmd_process(args: argparse.Namespace) -> int:
         (out / QUARANTINE_FILE).unlink(missing_ok=True)
         try:
             result = run(spec, export=Export(out, args.output_format))
+        except ImportRejected as e:  # point at the copy below, not at the scratch directory
+            raise ImportRejected(
+                re.sub(r"(?m)^Quarantine: .*$", f"Quarantine: {out / QUARANTINE_FILE}", str(e))
+            )
         finally:  # also when the import is rejected: the quarantine is what the user needs to read then
             quarantine = version / QUARANTINE_DIR / QUARANTINE_FILE
             if quarantine.exists():
