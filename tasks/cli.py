@@ -98,7 +98,7 @@ def cmd_process(args: argparse.Namespace) -> int:
         except ImportRejected as e:  # point at the copy below, not at the scratch directory
             raise ImportRejected(
                 re.sub(r"(?m)^Quarantine: .*$", f"Quarantine: {out / QUARANTINE_FILE}", str(e))
-            )
+            ) from None
         finally:  # also when the import is rejected: the quarantine is what the user needs to read then
             quarantine = version / QUARANTINE_DIR / QUARANTINE_FILE
             if quarantine.exists():
