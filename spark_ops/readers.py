@@ -639,7 +639,7 @@ def read_input(
 
     Columns: the canonical ones, ``_pos`` (input, file, line), ``_input``, ``_reason`` (null when the
     record is accepted) and ``_raw`` (the truncated source text of a rejected record). With ``source_ids``
-    also ``_source_id``: the record's own ``id`` field (``field_map['id']``) as a string, null when absent.
+    also ``_source_id``: the record's own top-level ``id`` field as a string, null when absent.
     """
     groups: dict[Container, list[InputFile]] = {}
     for f in resolved.files:
@@ -651,7 +651,7 @@ def read_input(
 
     get = _Keys()
     columns, problems = _shape_columns(get, resolved.shape, usage, resolved.source.field_map)
-    own_id = get(resolved.source.field_map.get("id", "id")) if source_ids else None
+    own_id = get("id") if source_ids else None
     df = df.select("*", *get.columns(F.col("v")))
     tags = F.coalesce(F.try_variant_get("v", "$.meta.tags", "array<string>"), F.array().cast("array<string>"))
     source = F.lit(resolved.source.source) if resolved.source.source else F.col("_name")

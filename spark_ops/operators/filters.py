@@ -187,7 +187,7 @@ class TokenLengthFilter(Filter):
         return F.concat(
             F.lit("~"),
             n.cast("string"),
-            F.lit(f" tokens outside [{self.params.min_tokens}, {self.params.max_tokens}]"),
+            F.lit(f" tokens outside [{self.params.min_tokens}, {self.params.max_tokens or 'no limit'}]"),
         )
 
 
