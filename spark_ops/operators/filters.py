@@ -263,10 +263,12 @@ class GarbledRatioFilter(_RatioFilter):
 
 
 def _ngrams(tokens: Column, n: int) -> Column:
-    return F.transform(
-        F.sequence(F.lit(0), F.greatest(F.size(tokens) - n, F.lit(-1))),
-        lambda i: F.array_join(F.slice(tokens, i + 1, n), " "),
+    """The n-grams of a token array, each joined with spaces; empty when there are fewer than n tokens."""
+    # sequence(0, -1) would count down, so short arrays must not reach it.
+    grams = F.transform(
+        F.sequence(F.lit(0), F.size(tokens) - n), lambda i: F.array_join(F.slice(tokens, i + 1, n), " ")
     )
+    return F.when(F.size(tokens) >= n, grams).otherwise(F.array().cast("array<string>"))
 
 
 def _top_count(values: Column) -> Column:

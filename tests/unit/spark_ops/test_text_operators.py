@@ -295,6 +295,13 @@ def test_repetition_filter(spark: SparkSession) -> None:
         assert "top 2-gram characters" in reasons["id03"]
     finally:
         result.release()
+    every_text = RepetitionFilter(RepetitionFilter.Params(min_tokens=0))
+    assert kept_ids(every_text.apply(pretrain(spark, "短", "", None, "a b"), PRETRAIN)) == [
+        "id00",
+        "id01",
+        "id02",
+        "id03",
+    ]
 
 
 def test_regex_filter(spark: SparkSession) -> None:
