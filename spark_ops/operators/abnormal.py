@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
@@ -302,7 +302,7 @@ class BoilerplateLineRemover(Mapper):
 
         @field_validator("patterns", "extra_patterns")
         @classmethod
-        def _valid(cls, v: list[str], info) -> list[str]:  # noqa: ANN001
+        def _valid(cls, v: list[str], info: ValidationInfo) -> list[str]:
             return [check_java_regex(p, f"{info.field_name}[{i}]") for i, p in enumerate(v)]
 
     params: Params
