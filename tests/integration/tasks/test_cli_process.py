@@ -127,6 +127,16 @@ def test_process_sft_to_parquet_with_a_saved_recipe(tmp_path: Path) -> None:
     assert df["target"].iloc[0] == "好的，这是简体。"
 
 
+def test_process_rejected_import_points_at_the_quarantine(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "ok"}\n{"text": 1}\n')
+    out = tmp_path / "out"
+    proc = forgeflow(tmp_path, str(src), "--recipe", "import-only", "--output", str(out))
+    assert proc.returncode == 1
+    assert f"Quarantine: {out / 'quarantine.jsonl'}" in proc.stderr
+    assert "wrong type of field text" in (out / "quarantine.jsonl").read_text()
+
+
 def test_process_bad_recipe_fails_before_spark(tmp_path: Path) -> None:
     src = tmp_path / "in.jsonl"
     src.write_text('{"text": "x"}\n')
