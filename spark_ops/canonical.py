@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pandas as pd
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -74,6 +75,35 @@ def map_text(column: str, dtype: T.DataType, fn: Callable[[Column], Column]) -> 
         return F.transform(c, fn)
     if isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, T.StructType):
         return F.transform(c, lambda a: a.withField("text", fn(a["text"])))
+    raise TypeError(f"column {column!r} of type {dtype.simpleString()} holds no text")
+
+
+def map_text_vectorised(column: str, dtype: T.DataType, fn: Callable[[str], str]) -> Column:
+    """Apply a Python ``str -> str`` function to a text column of any shape, in Arrow batches (pandas UDFs).
+
+    For what Spark SQL cannot express (NFKC, OpenCC, calendar-checked dates, full HTML unescaping). A
+    pandas UDF cannot run inside ``transform``, so lists are handed over whole and answers are rebuilt
+    with ``zip_with``. ``fn`` must be picklable (a module-level function or a closure over plain values).
+    """
+
+    def _one(v: str | None) -> str | None:
+        return None if v is None else fn(v)
+
+    def _strings(s: pd.Series) -> pd.Series:
+        return s.map(_one)
+
+    def _lists(s: pd.Series) -> pd.Series:
+        return s.map(lambda arr: None if arr is None else [_one(v) for v in arr])
+
+    c = F.col(column)
+    if isinstance(dtype, T.StringType):
+        return F.pandas_udf(_strings, T.StringType())(c)  # type: ignore[call-overload]
+    lists = F.pandas_udf(_lists, T.ArrayType(T.StringType()))  # type: ignore[call-overload]
+    if isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, T.StringType):
+        return lists(c)
+    if isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, T.StructType):
+        new = lists(F.transform(c, lambda a: a["text"]))
+        return F.zip_with(c, new, lambda a, t: a.withField("text", t))
     raise TypeError(f"column {column!r} of type {dtype.simpleString()} holds no text")
 
 

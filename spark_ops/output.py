@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from spark_ops.canonical import POSITION
+from spark_ops.readers import SOURCE_ID
 from tasks.records import COLUMNS, DATA_DIR, QUARANTINE_DIR
 from tasks.specs import Usage
 
@@ -46,6 +50,53 @@ def write_records(df: DataFrame, usage: Usage, version_dir: Path, total_chars: i
         target = data_dir / f"part-{i:05d}.parquet"
         part.rename(target)
         names.append(f"{DATA_DIR}/{target.name}")
+    return names
+
+
+ExportFormat = Literal["jsonl", "parquet"]
+EXPORT_SUFFIX: dict[str, tuple[str, str]] = {
+    "jsonl": (".json", ".jsonl"),
+    "parquet": (".parquet", ".parquet"),
+}
+
+
+@dataclass(frozen=True)
+class Export:
+    """A copy of the output records outside the lake (``forgeflow process``): where, and in which format."""
+
+    directory: Path
+    fmt: ExportFormat = "jsonl"
+
+
+def export_records(df: DataFrame, usage: Usage, export: Export, total_chars: int) -> list[str]:
+    """Write ``df`` in input order as ``part-NNNNN.jsonl`` / ``.parquet`` under ``export.directory``.
+
+    ``id`` is the input record's own id where it had one (``_source_id``), else the canonical content hash.
+    Returns the file names, relative to the directory. Existing part files there are replaced.
+    """
+    directory = export.directory
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.glob("part-*"):
+        old.unlink()
+    ident = F.coalesce(F.col(SOURCE_ID), F.col("id")) if SOURCE_ID in df.columns else F.col("id")
+    columns = [ident.alias("id") if c == "id" else F.col(c) for c in COLUMNS[usage]]
+    ordered = (
+        df.repartitionByRange(files_for(total_chars), POSITION)
+        .sortWithinPartitions(POSITION)
+        .select(*columns)
+    )
+    tmp = directory / "_spark"
+    spark_suffix, suffix = EXPORT_SUFFIX[export.fmt]
+    if export.fmt == "parquet":
+        ordered.write.mode("overwrite").option("compression", "zstd").parquet(str(tmp))
+    else:
+        ordered.write.mode("overwrite").json(str(tmp))  # UTF-8, one object per line, nulls left out
+    names = []
+    for i, part in enumerate(_tidy(tmp, spark_suffix)):
+        target = directory / f"part-{i:05d}{suffix}"
+        part.replace(target)
+        names.append(target.name)
+    shutil.rmtree(tmp)
     return names
 
 

@@ -7,6 +7,7 @@ however many statistics it reports. The previous step's cache is released as soo
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from functools import reduce
@@ -70,7 +71,9 @@ def _as_text(value: Any) -> str:
     if isinstance(value, list):
         return "\n".join(_as_text(v) for v in value)
     if hasattr(value, "asDict"):
-        return str(value.asDict().get("text", ""))
+        d = value.asDict(recursive=True)
+        # an answer shows its text; other structs (meta, written by taggers) show all their fields
+        return str(d.get("text", "")) if "text" in d else json.dumps(d, ensure_ascii=False, sort_keys=True)
     return "" if value is None else str(value)
 
 

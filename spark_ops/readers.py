@@ -34,6 +34,8 @@ Container = Literal["lines", "array", "csv", "parquet", "text"]
 Shape = Literal["canonical", "alpaca", "sharegpt", "openai"]
 
 RAW_CHARS = 1000
+# The input record's own id (when asked for): exports keep it, the canonical id stays the content hash.
+SOURCE_ID = "_source_id"
 SUFFIX_CONTAINERS: dict[str, Container | None] = {
     ".jsonl": "lines",
     ".ndjson": "lines",
@@ -630,11 +632,14 @@ def _shape_columns(
     return _conversation(get, field_map.get("messages", "messages"), "role", "content", None)
 
 
-def read_input(spark: SparkSession, resolved: ResolvedInput, usage: Usage) -> DataFrame:
+def read_input(
+    spark: SparkSession, resolved: ResolvedInput, usage: Usage, source_ids: bool = False
+) -> DataFrame:
     """All records of one input, mapped onto ``usage``'s columns.
 
     Columns: the canonical ones, ``_pos`` (input, file, line), ``_input``, ``_reason`` (null when the
-    record is accepted) and ``_raw`` (the truncated source text of a rejected record).
+    record is accepted) and ``_raw`` (the truncated source text of a rejected record). With ``source_ids``
+    also ``_source_id``: the record's own top-level ``id`` field as a string, null when absent.
     """
     groups: dict[Container, list[InputFile]] = {}
     for f in resolved.files:
@@ -646,6 +651,7 @@ def read_input(spark: SparkSession, resolved: ResolvedInput, usage: Usage) -> Da
 
     get = _Keys()
     columns, problems = _shape_columns(get, resolved.shape, usage, resolved.source.field_map)
+    own_id = get("id") if source_ids else None
     df = df.select("*", *get.columns(F.col("v")))
     tags = F.coalesce(F.try_variant_get("v", "$.meta.tags", "array<string>"), F.array().cast("array<string>"))
     source = F.lit(resolved.source.source) if resolved.source.source else F.col("_name")
@@ -664,14 +670,21 @@ def read_input(spark: SparkSession, resolved: ResolvedInput, usage: Usage) -> Da
         F.when(
             F.col("_reason").isNotNull(), F.substring(F.coalesce(F.col("_raw"), F.to_json("v")), 1, RAW_CHARS)
         ).alias("_raw"),
+        *([] if own_id is None else [F.try_variant_get(own_id, "$", "string").alias(SOURCE_ID)]),
     )
     ordered = [c for c in COLUMNS[usage] if c != "id"]
-    return df.select(record_id(usage).alias("id"), *ordered, POSITION, "_reason", "_raw")
+    extra = [] if own_id is None else [SOURCE_ID]
+    return df.select(record_id(usage).alias("id"), *ordered, POSITION, "_reason", "_raw", *extra)
 
 
-def read_inputs(spark: SparkSession, inputs: list[ResolvedInput], usage: Usage) -> Import:
-    """Read every input, cache the parsed records once, count accepted and quarantined per input."""
-    frames = [read_input(spark, r, usage) for r in inputs]
+def read_inputs(
+    spark: SparkSession, inputs: list[ResolvedInput], usage: Usage, source_ids: bool = False
+) -> Import:
+    """Read every input, cache the parsed records once, count accepted and quarantined per input.
+
+    ``source_ids`` keeps each record's own ``id`` field in ``_source_id`` (see :func:`read_input`).
+    """
+    frames = [read_input(spark, r, usage, source_ids) for r in inputs]
     df = frames[0]
     for other in frames[1:]:
         df = df.unionByName(other)

@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 from spark_ops import manifest as mf
 from spark_ops.canonical import POSITION
 from spark_ops.operators import OperatorContext, build_operators
-from spark_ops.output import write_quarantine, write_records
+from spark_ops.output import Export, export_records, write_quarantine, write_records
 from spark_ops.pipeline import run_operators
 from spark_ops.readers import Import, ReaderError, read_inputs, resolve_input
 from spark_ops.session import build_session
@@ -120,8 +120,12 @@ def _clear_partial(lake: Lake, output_uri: str) -> None:
         lake.delete(f"{output_uri}/{name}")
 
 
-def run(spec: ProcessSpec) -> dict[str, Any]:
-    """Run the engine on a validated spec; returns the result recorded in result.json."""
+def run(spec: ProcessSpec, export: Export | None = None) -> dict[str, Any]:
+    """Run the engine on a validated spec; returns the result recorded in result.json.
+
+    ``export`` (``forgeflow process``) also writes the output records outside the lake as JSONL or Parquet,
+    keeping each input record's own ``id``; the result then lists those files under ``export``.
+    """
     started = time.monotonic()
     lake = Lake.from_settings()
     output_uri = to_uri(spec.output_uri).rstrip("/")
@@ -150,7 +154,7 @@ def run(spec: ProcessSpec) -> dict[str, Any]:
 
         version_dir = stack.enter_context(lake.stage(output_uri))
         t = time.monotonic()
-        imp = read_inputs(spark, resolved, spec.usage)
+        imp = read_inputs(spark, resolved, spec.usage, source_ids=export is not None)
         if imp.records_in == 0:
             raise ReaderError(
                 "the inputs hold no records: " + ", ".join(f"{s.uri} ({s.files} files)" for s in imp.inputs)
@@ -188,6 +192,7 @@ def run(spec: ProcessSpec) -> dict[str, Any]:
         records_out, chars = mf.text_stats(final, spec.usage)
         total_chars = sum(v["sum"] for k, v in chars.items() if k != "record")
         data_files = write_records(final, spec.usage, version_dir, total_chars)
+        exported = export_records(final, spec.usage, export, total_chars) if export else None
         result.release()
         imp.release()
         timings["write"] = round(time.monotonic() - t, 3)
@@ -229,7 +234,10 @@ def run(spec: ProcessSpec) -> dict[str, Any]:
     # Written after the staged files are in place: its presence is what marks the version complete.
     lake.write_json(f"{output_uri}/{MANIFEST}", manifest)
     log.info("wrote %d records to %s", records_out, output_uri)
-    return _result(manifest, output_uri)
+    out = _result(manifest, output_uri)
+    if export is not None:
+        out["export"] = {"directory": str(export.directory), "format": export.fmt, "files": exported}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

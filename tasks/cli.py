@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 import sys
-from typing import Any
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, get_args
+
+from tasks.specs import InputFormat, Usage
+
+STATS_FILE = "stats.json"
+QUARANTINE_FILE = "quarantine.jsonl"
 
 
 def _print(obj: Any, as_json: bool) -> None:
@@ -42,6 +52,84 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(max_eval_samples=args.eval_samples, keep_running=not args.stop_after)
 
 
+def _process_summary(result: dict[str, Any], manifest: dict[str, Any], out: Path) -> str:
+    lines = [
+        f"read {manifest['records_in']} records: {manifest['accepted']} accepted, "
+        f"{manifest['quarantined']} quarantined"
+    ]
+    for i, op in enumerate(result["operators"]):
+        lines.append(
+            f"  [{i}] {op['name']}: kept {op['kept']}, dropped {op['dropped']}, modified {op['modified']}"
+        )
+    lines.append(f"wrote {result['records_out']} records to {out} ({result['export']['format']})")
+    lines.append(f"stats: {out / STATS_FILE}")
+    if manifest["quarantined"]:
+        lines.append(f"quarantine: {out / QUARANTINE_FILE}")
+    return "\n".join(lines)
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    """Run a recipe on a local input with the Spark engine; records, stats and quarantine go to --output."""
+    from spark_ops.output import Export
+    from spark_ops.run import ImportRejected, run
+    from tasks.recipes import load_recipe
+    from tasks.records import MANIFEST, QUARANTINE_DIR
+    from tasks.specs import InputSource, ProcessSpec
+
+    source = Path(args.input)
+    if not source.exists():
+        raise FileNotFoundError(f"input {args.input} does not exist")
+    out = Path(args.output).resolve()
+    spec_args = {
+        "inputs": [InputSource(uri=str(source.resolve()), format=args.format, source=args.source)],
+        "usage": args.usage,
+        "operators": load_recipe(args.recipe),  # a bad recipe fails here, before Spark starts
+        "max_reject_ratio": args.max_reject_ratio,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    # The engine writes a full dataset version (Parquet + manifest); it lives in a scratch directory and
+    # only the export, the statistics and the quarantine are kept.
+    with tempfile.TemporaryDirectory(prefix=".forgeflow-process-", dir=out) as tmp:
+        version = Path(tmp) / "version"
+        spec = ProcessSpec(run_key=f"cli-{uuid.uuid4().hex[:12]}", output_uri=str(version), **spec_args)
+        (out / QUARANTINE_FILE).unlink(missing_ok=True)
+        try:
+            result = run(spec, export=Export(out, args.output_format))
+        except ImportRejected as e:  # point at the copy below, not at the scratch directory
+            raise ImportRejected(
+                re.sub(r"(?m)^Quarantine: .*$", f"Quarantine: {out / QUARANTINE_FILE}", str(e))
+            ) from None
+        finally:  # also when the import is rejected: the quarantine is what the user needs to read then
+            quarantine = version / QUARANTINE_DIR / QUARANTINE_FILE
+            if quarantine.exists():
+                shutil.copyfile(quarantine, out / QUARANTINE_FILE)
+        manifest = json.loads((version / MANIFEST).read_text(encoding="utf-8"))
+    manifest["files"] = {
+        "data": result["export"]["files"],
+        "format": args.output_format,
+        "quarantine": QUARANTINE_FILE if manifest["quarantined"] else None,
+    }
+    manifest.update({"input": str(source), "recipe": args.recipe, "spec_fingerprint": None})
+    manifest["id"] = (
+        "the input record's own id where it had one, else the sha256 hex prefix of the record as imported"
+    )
+    (out / STATS_FILE).write_text(
+        json.dumps(manifest, ensure_ascii=False, indent=2, default=str), encoding="utf-8"
+    )
+    if args.json:
+        summary = {
+            k: manifest[k] for k in ("records_in", "accepted", "quarantined", "dropped", "records_out")
+        }
+        summary["operators"] = result["operators"]
+        summary["output"] = str(out)
+        summary["files"] = manifest["files"]
+        summary["stats"] = str(out / STATS_FILE)
+        _print(summary, True)
+    else:
+        print(_process_summary(result, manifest, out))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="forgeflow", description="Forgeflow: raw text to a served, evaluated LLM."
@@ -59,6 +147,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-samples", type=int, default=40, help="test questions to evaluate")
     p.add_argument("--stop-after", action="store_true", help="stop everything when done")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "process",
+        help="run an operator recipe on a local file or directory with the Spark engine",
+        description="Import INPUT onto the canonical schema, run RECIPE, and write the records to DIR as "
+        "part-NNNNN.jsonl (or .parquet), keeping each input record's own id when it has one, with "
+        "stats.json (per-operator kept/dropped/modified and samples) and quarantine.jsonl (rejected records).",
+    )
+    p.add_argument("input", help="input file or directory")
+    p.add_argument(
+        "--recipe", required=True, help="saved recipe name (include/recipes/NAME.yaml) or a YAML path"
+    )
+    p.add_argument(
+        "--output", required=True, metavar="DIR", help="output directory (its part files are replaced)"
+    )
+    p.add_argument("--usage", choices=get_args(Usage), default="pretrain", help="what the data is for")
+    p.add_argument("--format", choices=get_args(InputFormat), default="auto", help="input format")
+    p.add_argument("--output-format", choices=("jsonl", "parquet"), default="jsonl", help="record format")
+    p.add_argument("--source", default=None, help="source label for meta.source (default: the file name)")
+    p.add_argument(
+        "--max-reject-ratio", type=float, default=0.1, help="fail when more of the input is rejected"
+    )
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_process)
 
     args = parser.parse_args(argv)
     try:

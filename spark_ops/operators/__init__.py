@@ -1,6 +1,14 @@
 """The operator catalogue. Importing this package registers every operator in ``OPERATORS``."""
 
-from spark_ops.operators import dedupe, filters, normalize  # noqa: F401  (registration side effect)
+from spark_ops.operators import (  # noqa: F401  (registration side effect)
+    abnormal,
+    chinese,
+    dedupe,
+    filters,
+    normalize,
+    replace,
+    tagging,
+)
 from spark_ops.operators.base import (
     KEEP,
     NOTE,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from spark_ops.canonical import TEXT_COLUMNS, content_columns, map_text
+from spark_ops.canonical import TEXT_COLUMNS, content_columns, map_text, map_text_vectorised
 from tasks.specs import OperatorStep, Usage
 
 KEEP = "_keep"
@@ -106,7 +107,11 @@ class Operator(ABC):
 
 
 class Mapper(Operator):
-    """Rewrites text: implement ``rewrite`` for one string column; it is applied to every shape of text."""
+    """Rewrites text: implement ``rewrite`` for one string column; it is applied to every shape of text.
+
+    What Spark SQL cannot express goes in ``python_rewrite``: a ``str -> str`` function run after
+    ``rewrite`` in a vectorised pandas UDF (Arrow batches), never a row-at-a-time Python UDF.
+    """
 
     def writes(self, ctx: OperatorContext) -> tuple[str, ...]:
         return self.columns(ctx)
@@ -115,9 +120,17 @@ class Mapper(Operator):
     def rewrite(self, text: Column) -> Column:
         """A string -> string column expression (Spark SQL functions; null in, null out)."""
 
+    def python_rewrite(self) -> Callable[[str], str] | None:
+        """An optional picklable ``str -> str`` function applied after ``rewrite``; None: Spark SQL only."""
+        return None
+
     def annotate(self, df: DataFrame, ctx: OperatorContext) -> DataFrame:
         types = {f.name: f.dataType for f in df.schema.fields}
-        return df.withColumns({c: map_text(c, types[c], self.rewrite) for c in self.columns(ctx)})
+        out = df.withColumns({c: map_text(c, types[c], self.rewrite) for c in self.columns(ctx)})
+        fn = self.python_rewrite()
+        if fn is not None:
+            out = out.withColumns({c: map_text_vectorised(c, types[c], fn) for c in self.columns(ctx)})
+        return out
 
 
 class Filter(Operator):

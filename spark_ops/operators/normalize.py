@@ -1,8 +1,14 @@
-"""Symbol normalisation: Unicode spaces, full-width ASCII and enumerator symbols, repeated spaces."""
+"""Symbol normalisation: Unicode spaces, full-width ASCII, punctuation, enumerator symbols, repeated spaces,
+optional Unicode normal forms (NFC / NFKC)."""
 
 from __future__ import annotations
 
-from pydantic import Field
+import unicodedata
+from collections.abc import Callable
+from functools import partial
+from typing import Literal
+
+from pydantic import Field, field_validator
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
@@ -34,6 +40,36 @@ def _enumerator_table() -> dict[int, str]:
     return {n: "".join(map(chr, codes)) for n, codes in table.items()}
 
 
+# Typographic punctuation -> ASCII. Off by default: “”‘’ —— …… are the correct forms in Chinese prose.
+DEFAULT_PUNCTUATION = {
+    "“": '"',
+    "”": '"',
+    "„": '"',
+    "‟": '"',
+    "«": '"',
+    "»": '"',
+    "‘": "'",
+    "’": "'",
+    "‚": "'",
+    "‛": "'",
+    "′": "'",
+    "″": '"',
+    "‐": "-",
+    "‑": "-",
+    "‒": "-",
+    "–": "-",
+    "—": "-",
+    "―": "-",
+    "−": "-",
+    "…": "...",
+    "⋯": "...",
+}
+
+
+def _unicode_form(form: str, text: str) -> str:
+    return unicodedata.normalize(form, text)
+
+
 ENUMERATORS = _enumerator_table()
 COLLAPSE = r"(```[\s\S]*?```)|(?<=\S)( ) +(?=[^ \n])"
 ENUMERATOR_CLASS = "[" + "".join(ENUMERATORS.values()) + "]"
@@ -60,11 +96,36 @@ class Normalizer(Mapper):
         enumerators: bool = Field(
             default=True, description="Enumerator symbols ①⑴⒈➊❶➀⓵㊀㈠ (0-50) to '1.', '2.', ..."
         )
+        punctuation: bool = Field(
+            default=False,
+            description="Map typographic punctuation to ASCII with `punctuation_map` (curly quotes, dashes, "
+            "ellipses). Off by default: “” ‘’ —— …… are correct in Chinese prose.",
+        )
+        punctuation_map: dict[str, str] = Field(
+            default_factory=lambda: dict(DEFAULT_PUNCTUATION),
+            description="With punctuation: single character -> replacement (any length), e.g. {'…': '...'}.",
+        )
+        unicode_form: Literal["none", "NFC", "NFKC"] = Field(
+            default="none",
+            description="Unicode normalisation, last (pandas UDF). NFC composes accents (e + ́ -> é) and maps "
+            "CJK compatibility ideographs (U+F900-U+FAFF, e.g. 豈 U+F900 -> U+8C48) to their unified twins; "
+            "the text reads the same. NFKC also folds compatibility characters: full-width CJK punctuation "
+            "，。-> , . (overriding keep_cjk_punctuation), Kangxi radicals ⼀ -> 一, ㊀ -> 一, ² -> 2, ﬁ -> fi, "
+            "™ -> TM. Use NFKC for dedupe keys or search text, not for text a model learns to write.",
+        )
         collapse_spaces: bool = Field(
             default=True,
             description="Collapse runs of spaces after a non-space to one; leading indentation and fenced "
             "``` code blocks are kept.",
         )
+
+        @field_validator("punctuation_map")
+        @classmethod
+        def _single_chars(cls, v: dict[str, str]) -> dict[str, str]:
+            bad = [k for k in v if len(k) != 1]
+            if bad:
+                raise ValueError(f"keys must be single characters; got {bad!r}")
+            return v
 
     params: Params
 
@@ -75,6 +136,13 @@ class Normalizer(Mapper):
         if p.fullwidth:
             src = "".join(c for c in FULLWIDTH if not (p.keep_cjk_punctuation and c in CJK_PUNCTUATION))
             text = F.translate(text, src, "".join(chr(ord(c) - 0xFEE0) for c in src))
+        if p.punctuation and p.punctuation_map:
+            single = {k: v for k, v in p.punctuation_map.items() if len(v) == 1}
+            if single:
+                text = F.translate(text, "".join(single), "".join(single.values()))
+            for k, v in p.punctuation_map.items():
+                if len(v) != 1:
+                    text = F.replace(text, F.lit(k), F.lit(v))
         if p.enumerators:
             # One regex per number, so only run the chain on the rare texts that hold an enumerator at all.
             chained = text
@@ -87,3 +155,7 @@ class Normalizer(Mapper):
             # before a newline are a Markdown line break.
             text = F.regexp_replace(text, COLLAPSE, "$1$2")
         return text
+
+    def python_rewrite(self) -> Callable[[str], str] | None:
+        form = self.params.unicode_form
+        return None if form == "none" else partial(_unicode_form, form)

@@ -246,3 +246,16 @@ def test_unusable_inputs_fail_before_spark(
 def test_missing_input(tmp_path: Path) -> None:
     with pytest.raises(ReaderError, match=r"inputs\[2\].*does not exist"):
         resolve_input(InputSource(uri=str(tmp_path / "nope.jsonl")), "pretrain", 2)
+
+
+def test_source_ids_are_kept_only_when_asked(spark: SparkSession, tmp_path: Path) -> None:
+    path = write_jsonl(
+        tmp_path / "ids.jsonl",
+        [{"id": "a1", "text": "x"}, {"id": 7, "text": "y"}, {"text": "z"}, {"uid": "u", "text": "w"}],
+    )
+    resolved = resolve_input(InputSource(uri=str(path)), "pretrain", 0)
+    assert "_source_id" not in read_inputs(spark, [resolved], "pretrain").accepted.columns
+    imp = read_inputs(spark, [resolved], "pretrain", source_ids=True)
+    rows = imp.accepted.orderBy("_pos").collect()
+    assert [r["_source_id"] for r in rows] == ["a1", "7", None, None]
+    assert all(len(r["id"]) == 32 for r in rows)  # the canonical id stays the content hash
