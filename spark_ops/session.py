@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
 from pyspark.sql import SparkSession
 
@@ -75,6 +76,10 @@ def build_session(resources: SparkResources, app_name: str, master: str | None =
     ``spark.driver.memory`` takes effect here; on a cluster the same confs go to the executors.
     """
     master = master or get_settings().spark_master
+    if is_local(master):
+        # Python workers (pandas UDFs) run on this machine: use this interpreter, whose environment has
+        # pandas/pyarrow, rather than whatever ``python3`` is first on PATH. PySpark reads only the variable.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
     for key, value in session_conf(resources, master).items():
         builder = builder.config(key, value)

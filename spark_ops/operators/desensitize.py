@@ -154,7 +154,9 @@ DETECTORS: tuple[Detector, ...] = (
         r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}",
         before=r"(?<![A-Za-z0-9._%+\-])",
     ),
-    Detector("id_card", rf"[1-8][0-9]{{5}}{_DATE8}[0-9]{{3}}[0-9Xx]", _NOT_AFTER_NUM, _NOT_BEFORE_NUM, id18_valid),
+    Detector(
+        "id_card", rf"[1-8][0-9]{{5}}{_DATE8}[0-9]{{3}}[0-9Xx]", _NOT_AFTER_NUM, _NOT_BEFORE_NUM, id18_valid
+    ),
     Detector(
         "bank_card",
         r"[3-69][0-9]{3}(?:[ \-]?[0-9]{4}){3}(?:[ \-]?[0-9]{1,3})?",
@@ -164,7 +166,11 @@ DETECTORS: tuple[Detector, ...] = (
     ),
     Detector("vin", rf"(?={_VIN_CHAR}{{0,16}}[A-HJ-NPR-Z]){_VIN_CHAR}{{17}}", valid=vin_valid),
     Detector(
-        "imei", r"[0-9]{2}[ \-]?[0-9]{6}[ \-]?[0-9]{6}[ \-]?[0-9]", _NOT_AFTER_NUM, _NOT_BEFORE_NUM, luhn_valid
+        "imei",
+        r"[0-9]{2}[ \-]?[0-9]{6}[ \-]?[0-9]{6}[ \-]?[0-9]",
+        _NOT_AFTER_NUM,
+        _NOT_BEFORE_NUM,
+        luhn_valid,
     ),
     # The legacy 15-digit ID has no check digit; its embedded yyMMdd date is the only validation.
     Detector("id_card", rf"[1-8][0-9]{{5}}{_DATE6}[0-9]{{3}}", _NOT_AFTER_NUM, _NOT_BEFORE_NUM),
@@ -253,7 +259,8 @@ class Desensitizer(Operator):
             "placeholder ([PHONE]), hash ([PHONE:<salted sha256 prefix>]) or drop (drop the record).",
         )
         actions: dict[PiiType, Action] = Field(
-            default_factory=dict, description="Per-type action overriding default_action, e.g. {id_card: drop}."
+            default_factory=dict,
+            description="Per-type action overriding default_action, e.g. {id_card: drop}.",
         )
         salt: str = Field(
             default="forgeflow",
