@@ -1,6 +1,6 @@
 """The operator catalogue. Importing this package registers every operator in ``OPERATORS``."""
 
-from spark_ops.operators import dedupe, desensitize, filters, normalize, sensitive_words  # noqa: F401  (registration side effect)
+from spark_ops.operators import dedupe, desensitize, filters, near_dedupe, normalize, sensitive_words  # noqa: F401  (registration side effect)
 from spark_ops.operators.base import (
     KEEP,
     NOTE,
