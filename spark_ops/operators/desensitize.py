@@ -136,6 +136,9 @@ class Detector:
     before: str = _NOT_AFTER_WORD
     after: str = _NOT_BEFORE_WORD
     valid: Validator | None = None
+    # A simple regex every match satisfies: a cheap first pass, so the look-around-heavy pattern only scans
+    # the texts that can hold a match at all.
+    hint: str | None = None
 
     @property
     def pattern(self) -> str:
@@ -148,14 +151,21 @@ DETECTORS: tuple[Detector, ...] = (
         r"(?:(?:https?|ftp)://|www\.)[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*[A-Za-z0-9/#=&_~%\-]",
         before=r"(?<![0-9A-Za-z_./])",
         after="",
+        hint=r"://|www\.",
     ),
     Detector(
         "email",
         r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}",
         before=r"(?<![A-Za-z0-9._%+\-])",
+        hint="@",
     ),
     Detector(
-        "id_card", rf"[1-8][0-9]{{5}}{_DATE8}[0-9]{{3}}[0-9Xx]", _NOT_AFTER_NUM, _NOT_BEFORE_NUM, id18_valid
+        "id_card",
+        rf"[1-8][0-9]{{5}}{_DATE8}[0-9]{{3}}[0-9Xx]",
+        _NOT_AFTER_NUM,
+        _NOT_BEFORE_NUM,
+        id18_valid,
+        hint="[0-9]{17}",
     ),
     Detector(
         "bank_card",
@@ -163,28 +173,39 @@ DETECTORS: tuple[Detector, ...] = (
         _NOT_AFTER_NUM,
         _NOT_BEFORE_NUM,
         luhn_valid,
+        hint="[0-9]{4}",
     ),
-    Detector("vin", rf"(?={_VIN_CHAR}{{0,16}}[A-HJ-NPR-Z]){_VIN_CHAR}{{17}}", valid=vin_valid),
+    Detector(
+        "vin",
+        rf"(?={_VIN_CHAR}{{0,16}}[A-HJ-NPR-Z]){_VIN_CHAR}{{17}}",
+        valid=vin_valid,
+        hint=f"{_VIN_CHAR}{{17}}",
+    ),
     Detector(
         "imei",
         r"[0-9]{2}[ \-]?[0-9]{6}[ \-]?[0-9]{6}[ \-]?[0-9]",
         _NOT_AFTER_NUM,
         _NOT_BEFORE_NUM,
         luhn_valid,
+        hint="[0-9]{4}",
     ),
     # The legacy 15-digit ID has no check digit; its embedded yyMMdd date is the only validation.
-    Detector("id_card", rf"[1-8][0-9]{{5}}{_DATE6}[0-9]{{3}}", _NOT_AFTER_NUM, _NOT_BEFORE_NUM),
+    Detector(
+        "id_card", rf"[1-8][0-9]{{5}}{_DATE6}[0-9]{{3}}", _NOT_AFTER_NUM, _NOT_BEFORE_NUM, hint="[0-9]{15}"
+    ),
     Detector(
         "phone",
         r"(?:(?:\+|00)86[ \-]?)?1[3-9][0-9](?:[ \-]?[0-9]{4}){2}",
         r"(?<![0-9A-Za-z_.\-+])",
         _NOT_BEFORE_NUM,
+        hint="[0-9]{4}",
     ),
     Detector(
         "mac",
         rf"{_HEX}{{2}}([:\-]){_HEX}{{2}}(?:\1{_HEX}{{2}}){{4}}|{_HEX}{{4}}\.{_HEX}{{4}}\.{_HEX}{{4}}",
         r"(?<![0-9A-Za-z_:.\-])",
         r"(?![0-9A-Za-z_]|[:.\-][0-9A-Fa-f])",
+        hint=rf"{_HEX}{{2}}[:\-]{_HEX}{{2}}|{_HEX}{{4}}\.{_HEX}{{4}}",
     ),
     Detector(
         "ip",
@@ -202,9 +223,18 @@ DETECTORS: tuple[Detector, ...] = (
         ),
         r"(?<![0-9A-Za-z_:])",
         r"(?![0-9A-Za-z_:])",
+        hint=f"{_HEX}::?{_HEX}",
     ),
-    Detector("ip", rf"{_OCTET}(?:\.{_OCTET}){{3}}", r"(?<![0-9A-Za-z_.])", r"(?![0-9A-Za-z_]|\.[0-9])"),
-    Detector("passport", r"[EGDSP][0-9]{8}|E[A-HJ-NP-Z][0-9]{7}|[DPS]E[0-9]{7}"),
+    Detector(
+        "ip",
+        rf"{_OCTET}(?:\.{_OCTET}){{3}}",
+        r"(?<![0-9A-Za-z_.])",
+        r"(?![0-9A-Za-z_]|\.[0-9])",
+        hint=r"[0-9]\.[0-9]{1,3}\.[0-9]",
+    ),
+    Detector(
+        "passport", r"[EGDSP][0-9]{8}|E[A-HJ-NP-Z][0-9]{7}|[DPS]E[0-9]{7}", hint="[DEGPS][0-9A-Z][0-9]{7}"
+    ),
     Detector(
         "plate",
         # new-energy (D/F + 5) before the ordinary 5-character form, which would match its prefix
@@ -212,6 +242,7 @@ DETECTORS: tuple[Detector, ...] = (
         rf"|[A-HJ-NP-Z0-9]{{4}}[A-HJ-NP-Z0-9挂学警])",
         before="",
         after=r"(?![0-9A-Za-z])",
+        hint=f"[{_PROVINCES}]{_PLATE_LETTER}",
     ),
 )
 
@@ -230,15 +261,20 @@ MASKS: dict[PiiType, Masker] = {
 }
 
 
-def _matches(text: Column, pattern: Column, valid: Validator | None) -> Column:
-    """Validated matches of ``pattern`` in ``text``; an empty array (never null) for null text."""
-    found = F.regexp_extract_all(F.coalesce(text, F.lit("")), pattern, F.lit(0))
-    return F.filter(found, valid) if valid is not None else found
+def _matches(text: Column, pattern: Column, det: Detector) -> Column:
+    """Validated matches of ``det`` in ``text``; an empty array (never null) for null text."""
+    text = F.coalesce(text, F.lit(""))
+    found = F.regexp_extract_all(text, pattern, F.lit(0))
+    if det.valid is not None:
+        found = F.filter(found, det.valid)
+    if det.hint is None:
+        return found
+    return F.when(text.rlike(det.hint), found).otherwise(F.array().cast("array<string>"))
 
 
-def _matcher(pattern: Column, valid: Validator | None) -> Callable[[Column], Column]:
+def _matcher(pattern: Column, det: Detector) -> Callable[[Column], Column]:
     # A factory, not a lambda with default arguments: PySpark reads a lambda's parameter count.
-    return lambda s: _matches(s, pattern, valid)
+    return lambda s: _matches(s, pattern, det)
 
 
 @register
@@ -321,7 +357,7 @@ class Desensitizer(Operator):
                 # array<array<string>>: validated matches per text value (one value for a string column)
                 found = F.transform(
                     F.coalesce(text_values(c, dtype), F.array().cast("array<string>")),
-                    _matcher(pattern, det.valid),
+                    _matcher(pattern, det),
                 )
                 # Materialised as a column so the (costly) regex scan runs once for both the rewrite and
                 # the counters; Spark does not collapse projections that would duplicate it.
