@@ -83,7 +83,7 @@ def _sentences() -> tuple[list[str], list[str]]:
 
 def build_corpus(target_mb: float, directory: Path) -> dict:
     """Write ``SHARDS`` JSONL files of about ``target_mb`` MB in ``directory``; returns counts."""
-    marker = directory / "corpus.json"
+    marker = directory.with_name(directory.name + ".json")  # beside, not inside: the engines read the directory
     if marker.exists():
         return json.loads(marker.read_text())
     shutil.rmtree(directory, ignore_errors=True)

@@ -44,37 +44,33 @@ MAX_CC_ITERATIONS = 60
 def shingle_hashes(text: Column, cjk_ngram: int, word_ngram: int) -> Column:
     """Distinct ``xxhash64`` of the character n-grams of the CJK characters and the word n-grams of the rest.
 
-    A text shorter than n yields itself as one shingle, so short records still compare.
+    Each n-gram list is one ``regexp_extract_all`` with a capturing look-ahead (every start position in one
+    JVM pass); a lambda indexing into the text would re-evaluate the text expression per n-gram. A text
+    shorter than n yields itself as one shingle, so short records still compare.
     """
     low = F.lower(F.coalesce(text, F.lit("")))
     cjk = F.regexp_replace(low, f"[^{CJK}]", "")
-    n_c = F.length(cjk)
+    chars = F.regexp_extract_all(cjk, F.lit(f"(?=([\\s\\S]{{{cjk_ngram}}}))"), F.lit(1))
     chars = (
-        F.when(
-            n_c >= cjk_ngram,
-            F.transform(F.sequence(F.lit(1), n_c - cjk_ngram + 1), lambda i: F.substring(cjk, i, cjk_ngram)),
-        )
-        .when(n_c > 0, F.array(cjk))
+        F.when(F.size(chars) > 0, chars)
+        .when(F.length(cjk) > 0, F.array(cjk))
         .otherwise(F.array().cast("array<string>"))
     )
-    words = F.regexp_extract_all(low, F.lit(f"[\\p{{L}}\\p{{N}}&&[^{CJK}]]+"), F.lit(0))
-    n_w = F.size(words)
-    word_grams = (
-        F.when(
-            n_w >= word_ngram,
-            F.transform(
-                F.sequence(F.lit(1), n_w - word_ngram + 1),
-                lambda i: F.array_join(F.slice(words, i, word_ngram), " "),
-            ),
-        )
-        .when(n_w > 0, F.array(F.array_join(words, " ")))
+    word = f"[\\p{{L}}\\p{{N}}&&[^{CJK}]]"
+    spaced = F.trim(F.regexp_replace(low, f"(?:[^\\p{{L}}\\p{{N}}]|[{CJK}])+", " "))
+    grams = F.regexp_extract_all(
+        spaced, F.lit(f"(?<!{word})(?=({word}+(?: {word}+){{{word_ngram - 1}}}))"), F.lit(1)
+    )
+    grams = (
+        F.when(F.size(grams) > 0, grams)
+        .when(F.length(spaced) > 0, F.array(spaced))
         .otherwise(F.array().cast("array<string>"))
     )
     # "\u0001" marks word shingles so a word n-gram never collides with a CJK one of the same characters
     return F.array_distinct(
         F.concat(
             F.transform(chars, lambda s: F.xxhash64(s)),
-            F.transform(word_grams, lambda s: F.xxhash64(F.lit("\u0001"), s)),
+            F.transform(grams, lambda s: F.xxhash64(F.lit("\u0001"), s)),
         )
     )
 
