@@ -134,15 +134,14 @@ def connected_components(edges: DataFrame) -> DataFrame:
         pulled = both.join(labels, both["src"] == labels["node"]).select(
             F.col("dst").alias("node"), F.col("label")
         )
-        merged = labels.union(pulled).groupBy("node").agg(F.min("label").alias("label"))
+        merged = labels.union(pulled).groupBy("node").agg(F.min("label").alias("label")).localCheckpoint()
+        # pointer jumping: a node takes its label's label; the renamed copy keeps the self-join unambiguous
+        parent = merged.select(F.col("node").alias("p_node"), F.col("label").alias("p_label"))
         jumped = (
-            merged.alias("m")
-            .join(merged.alias("p"), F.col("m.label") == F.col("p.node"), "left")
-            .select(
-                F.col("m.node"),
-                F.least(F.col("m.label"), F.coalesce(F.col("p.label"), F.col("m.label"))).alias("label"),
-            )
-        ).localCheckpoint()
+            merged.join(parent, merged["label"] == parent["p_node"], "left")
+            .select("node", F.least("label", F.coalesce("p_label", "label")).alias("label"))
+            .localCheckpoint()
+        )
         changed = (
             jumped.alias("n")
             .join(labels.alias("o"), "node")
