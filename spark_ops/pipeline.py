@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from spark_ops.canonical import TEXT_COLUMNS
-from spark_ops.operators.base import KEEP, NOTE, Operator, OperatorContext
+from spark_ops.operators.base import KEEP, NOTE, STAT, Operator, OperatorContext, stat_columns
 
 MODIFIED = "_modified"
 BEFORE = "_before_"
@@ -39,6 +39,8 @@ class StepStats:
     modified: int
     seconds: float
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # Operator-specific totals over the step's input (e.g. PII found per type, sensitive words per category).
+    counters: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "kept": self.kept, "dropped": self.dropped, "modified": self.modified}
@@ -127,10 +129,12 @@ def run_step(
         lambda a, b: a | b, [~F.col(c).eqNullSafe(F.col(BEFORE + c)) for c in writes], F.lit(False)
     )
     ann = ann.withColumn(MODIFIED, F.col(KEEP) & changed).persist()
+    stats_cols = stat_columns(ann)
     row = ann.agg(
         F.count(F.lit(1)).alias("n"),
         F.count(F.when(~F.col(KEEP), 1)).alias("dropped"),
         F.count(F.when(F.col(MODIFIED), 1)).alias("modified"),
+        *[F.coalesce(F.sum(c), F.lit(0)).cast("long").alias(c) for c in stats_cols],
     ).first()
     n, dropped, modified = int(row["n"]), int(row["dropped"]), int(row["modified"])
     samples: dict[str, list[dict[str, Any]]] = {}
@@ -139,7 +143,7 @@ def run_step(
         samples["dropped"] = _dropped_samples(ann, shown, ctx.order_by)
     if modified:
         samples["modified"] = _modified_samples(ann, writes, ctx.order_by)
-    kept = ann.filter(F.col(KEEP)).drop(KEEP, NOTE, MODIFIED, *[BEFORE + c for c in writes])
+    kept = ann.filter(F.col(KEEP)).drop(KEEP, NOTE, MODIFIED, *stats_cols, *[BEFORE + c for c in writes])
     stats = StepStats(
         index=index,
         name=op.name,
@@ -150,6 +154,7 @@ def run_step(
         modified=modified,
         seconds=round(time.monotonic() - started, 3),
         samples=samples,
+        counters={c[len(STAT) :]: int(row[c]) for c in stats_cols},
     )
     return kept, ann, stats
 

@@ -77,8 +77,8 @@ def build_session(resources: SparkResources, app_name: str, master: str | None =
     """
     master = master or get_settings().spark_master
     if is_local(master):
-        # Python workers (pandas UDFs) must import this environment's packages (pandas, pyarrow, opencc),
-        # not whatever `python3` is first on PATH; PySpark reads the variable when the context starts.
+        # Python workers (pandas UDFs) must import this environment's packages (pandas, pyarrow, opencc,
+        # pyahocorasick), not whatever `python3` is first on PATH; PySpark reads the variable at start.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
     for key, value in session_conf(resources, master).items():

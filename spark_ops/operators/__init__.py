@@ -4,9 +4,12 @@ from spark_ops.operators import (  # noqa: F401  (registration side effect)
     abnormal,
     chinese,
     dedupe,
+    desensitize,
     filters,
+    near_dedupe,
     normalize,
     replace,
+    sensitive_words,
     tagging,
 )
 from spark_ops.operators.base import (

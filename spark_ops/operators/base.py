@@ -27,6 +27,14 @@ from tasks.specs import OperatorStep, Usage
 
 KEEP = "_keep"
 NOTE = "_note"
+# Prefix of per-record counter columns an operator may add in ``annotate`` (e.g. ``_stat_phone`` = how many
+# phone numbers a record held). The pipeline sums each into the step's ``counters`` and drops them.
+STAT = "_stat_"
+
+
+def stat_columns(df: DataFrame) -> list[str]:
+    """The counter columns (``_stat_*``) of an annotated frame."""
+    return [c for c in df.columns if c.startswith(STAT)]
 
 
 class OperatorError(ValueError):
@@ -99,6 +107,7 @@ class Operator(ABC):
         out = self.annotate(df, ctx)
         if KEEP in out.columns:
             out = out.filter(F.col(KEEP)).drop(KEEP)
+        out = out.drop(*stat_columns(out))
         return out.drop(NOTE) if NOTE in out.columns else out
 
     def describe(self) -> dict:
