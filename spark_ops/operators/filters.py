@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from abc import abstractmethod
 from functools import reduce
 from typing import Literal
 
@@ -122,8 +123,9 @@ class _RatioFilter(Filter):
 
     label: str
 
+    @abstractmethod
     def ratio(self, text: Column) -> Column:
-        raise NotImplementedError
+        """The ratio in [0, 1] this filter bounds."""
 
     def _r(self, df: DataFrame, ctx: OperatorContext) -> Column:
         return self.ratio(_joined(df, self.columns(ctx)))

@@ -6,6 +6,8 @@ twice, or re-tagging with other bounds, leaves one tag per key. Records are neve
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 from pydantic import Field, field_validator
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -35,8 +37,9 @@ class Tagger(Operator):
     def writes(self, ctx: OperatorContext) -> tuple[str, ...]:
         return (META,)
 
+    @abstractmethod
     def tags(self, df: DataFrame, ctx: OperatorContext) -> Column:
-        raise NotImplementedError
+        """The tags (array<string>) to add to each record."""
 
     def annotate(self, df: DataFrame, ctx: OperatorContext) -> DataFrame:
         return _tagged(df, self.tags(df, ctx), self.prefix)
