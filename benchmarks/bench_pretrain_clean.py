@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import psutil
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"
@@ -49,12 +50,9 @@ assert _spec and _spec.loader
 qs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(qs)
 
-RECIPE = [
-    {"name": "normalize", "params": {"keep_cjk_punctuation": True}},
-    {"name": "desensitize", "params": {"default_action": "placeholder"}},
-    {"name": "sensitive_words", "params": {"action": "filter"}},
-    {"name": "exact_dedupe"},
-    {"name": "near_dedupe"},
+# The saved recipe itself (include/recipes/pretrain_clean.yaml), exactly as `forgeflow process` runs it.
+RECIPE = yaml.safe_load((ROOT / "include" / "recipes" / "pretrain_clean.yaml").read_text(encoding="utf-8"))[
+    "operators"
 ]
 
 # ---------------------------------------------------------------------------------------------- corpus
@@ -209,26 +207,31 @@ DT_SCRIPT = textwrap.dedent(
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
 
-    corpus, work, lang, filters, workers = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1", int(sys.argv[5])
-    config = MinhashConfig()
-    tasks = workers
-    steps = [JsonlReader(corpus)]
-    if filters:
-        steps += [GopherRepetitionFilter(language=lang), GopherQualityFilter(language=lang), PIIFormatter()]
-    steps += [JsonlWriter(f"{work}/filtered"), MinhashDedupSignature(f"{work}/sigs", config=config, language=lang)]
-    LocalPipelineExecutor(steps, tasks=tasks, workers=workers, logging_dir=f"{work}/logs/1").run()
-    LocalPipelineExecutor(
-        [MinhashDedupBuckets(f"{work}/sigs", f"{work}/buckets", config=config)],
-        tasks=config.num_buckets, workers=workers, logging_dir=f"{work}/logs/2",
-    ).run()
-    LocalPipelineExecutor(
-        [MinhashDedupCluster(f"{work}/buckets", f"{work}/remove_ids", config=config)],
-        tasks=1, logging_dir=f"{work}/logs/3",
-    ).run()
-    LocalPipelineExecutor(
-        [JsonlReader(f"{work}/filtered"), MinhashDedupFilter(f"{work}/remove_ids"), JsonlWriter(f"{work}/final")],
-        tasks=tasks, workers=workers, logging_dir=f"{work}/logs/4",
-    ).run()
+    def main():
+        corpus, work, lang, filters, workers = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1", int(sys.argv[5])
+        config = MinhashConfig()
+        tasks = workers
+        steps = [JsonlReader(corpus)]
+        if filters:
+            steps += [GopherRepetitionFilter(language=lang), GopherQualityFilter(language=lang), PIIFormatter()]
+        steps += [JsonlWriter(f"{work}/filtered"), MinhashDedupSignature(f"{work}/sigs", config=config, language=lang)]
+        LocalPipelineExecutor(steps, tasks=tasks, workers=workers, logging_dir=f"{work}/logs/1").run()
+        LocalPipelineExecutor(
+            [MinhashDedupBuckets(f"{work}/sigs", f"{work}/buckets", config=config)],
+            tasks=config.num_buckets, workers=workers, logging_dir=f"{work}/logs/2",
+        ).run()
+        LocalPipelineExecutor(
+            [MinhashDedupCluster(f"{work}/buckets", f"{work}/remove_ids", config=config)],
+            tasks=1, logging_dir=f"{work}/logs/3",
+        ).run()
+        LocalPipelineExecutor(
+            [JsonlReader(f"{work}/filtered"), MinhashDedupFilter(f"{work}/remove_ids"), JsonlWriter(f"{work}/final")],
+            tasks=tasks, workers=workers, logging_dir=f"{work}/logs/4",
+        ).run()
+
+
+    if __name__ == "__main__":  # datatrove's pool starts its workers by re-importing this file
+        main()
     '''
 )
 

@@ -1,8 +1,16 @@
 """Run an operator recipe with per-step statistics: kept, dropped, modified, and a few samples of each.
 
-Each step's annotated frame is persisted once; the counts are one aggregation over it (which also fills
-the cache) and the samples are top-k queries on the cached data, so a step costs one pass over its input
-however many statistics it reports. The previous step's cache is released as soon as the next one is full.
+Consecutive row-local steps (mappers, filters, taggers, desensitisation, sensitive words: each record's fate
+depends on that record alone) run as one *segment*: a single projection over the data in which every step
+adds its flags -- dropped here, modified here -- and a record dropped by one step is only marked dead, so the
+later steps' flags skip it. The segment's output is persisted once, and one aggregation over it yields every
+step's counts, counters and the order keys of its first few dropped and modified records (``min_by`` with
+``k``: bounded memory). The samples' contents (text before and after the step, the drop reason) are then
+recomputed by replaying the segment on just those records, so no copy of the text per step is ever kept.
+
+Steps that need the whole frame (dedupes) run alone: annotated, persisted, and counted and sampled by one
+aggregation. Either way a step costs one pass over its input however many statistics it reports, and the
+previous cache is released as soon as the next one is full.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from dataclasses import dataclass, field
 from functools import reduce
 from typing import Any
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -22,13 +30,16 @@ from spark_ops.operators.base import KEEP, NOTE, STAT, Operator, OperatorContext
 
 MODIFIED = "_modified"
 BEFORE = "_before_"
+ALIVE = "_alive"
 SAMPLE_SIZE = 5
 SAMPLE_CHARS = 240
 
 
 @dataclass
 class StepStats:
-    """What one recipe step did. ``kept`` = records in - ``dropped``; ``modified`` counts kept records only."""
+    """What one recipe step did. ``kept`` = records in - ``dropped``; ``modified`` counts kept records only.
+
+    Steps of one segment (``segment``) ran in one pass over the data; ``seconds`` is that pass's time."""
 
     index: int
     name: str
@@ -41,6 +52,7 @@ class StepStats:
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     # Operator-specific totals over the step's input (e.g. PII found per type, sensitive words per category).
     counters: dict[str, int] = field(default_factory=dict)
+    segment: int = 0
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "kept": self.kept, "dropped": self.dropped, "modified": self.modified}
@@ -89,61 +101,79 @@ def _diff_window(before: str, after: str) -> tuple[str, str]:
     return prefix + _clip(before[start:]), prefix + _clip(after[start:])
 
 
-def _dropped_samples(
-    ann: DataFrame, columns: tuple[str, ...], order: tuple[str, ...]
-) -> list[dict[str, Any]]:
-    rows = ann.filter(~F.col(KEEP)).orderBy(*order).select("id", NOTE, *columns).limit(SAMPLE_SIZE).collect()
-    return [{"id": r["id"], "reason": r[NOTE], **{c: _clip(r[c]) for c in columns}} for r in rows]
+def _dropped_sample(rid: Any, reason: Any, shown: dict[str, Any]) -> dict[str, Any]:
+    return {"id": rid, "reason": reason, **{c: _clip(v) for c, v in shown.items()}}
 
 
-def _modified_samples(
-    ann: DataFrame, writes: tuple[str, ...], order: tuple[str, ...]
-) -> list[dict[str, Any]]:
-    cols = [c for w in writes for c in (w, BEFORE + w)]
-    rows = ann.filter(F.col(MODIFIED)).orderBy(*order).select("id", *cols).limit(SAMPLE_SIZE).collect()
-    out = []
-    for r in rows:
-        changes = {}
-        for w in writes:
-            before, after = _as_text(r[BEFORE + w]), _as_text(r[w])
-            if before != after:
-                b, a = _diff_window(before, after)
-                changes[w] = {"before": b, "after": a}
-        out.append({"id": r["id"], "changes": changes})
-    return out
+def _modified_sample(rid: Any, pairs: dict[str, tuple[Any, Any]]) -> dict[str, Any]:
+    changes = {}
+    for w, (before_v, after_v) in pairs.items():
+        before, after = _as_text(before_v), _as_text(after_v)
+        if before != after:
+            b, a = _diff_window(before, after)
+            changes[w] = {"before": b, "after": a}
+    return {"id": rid, "changes": changes}
+
+
+def _changed(writes: tuple[str, ...], before: dict[str, str]) -> Column:
+    return reduce(lambda a, b: a | b, [~F.col(c).eqNullSafe(F.col(before[c])) for c in writes], F.lit(False))
+
+
+def _order_key(ctx: OperatorContext) -> Column:
+    return F.struct(*[F.col(c) for c in ctx.order_by])
+
+
+def _first(value: Column, flag: str, ctx: OperatorContext) -> Column:
+    """The ``SAMPLE_SIZE`` values of ``value`` with the smallest order keys among rows where ``flag`` holds."""
+    return F.min_by(value, F.when(F.col(flag), _order_key(ctx)), SAMPLE_SIZE)
+
+
+def _shown(df: DataFrame, ctx: OperatorContext) -> tuple[str, ...]:
+    return tuple(c for c in TEXT_COLUMNS[ctx.usage] if c in df.columns)
+
+
+# ------------------------------------------------------------------------------- steps needing the whole frame
 
 
 def run_step(
-    df: DataFrame, op: Operator, ctx: OperatorContext, index: int
+    df: DataFrame, op: Operator, ctx: OperatorContext, index: int, segment: int = 0
 ) -> tuple[DataFrame, DataFrame, StepStats]:
-    """Annotate ``df`` with one step, persist it and count; returns (kept records, cached frame, stats)."""
+    """Annotate ``df`` with one step, persist it, count and sample in one aggregation; returns (kept records,
+    cached frame, stats)."""
     started = time.monotonic()
     writes = op.writes(ctx)
-    staged = df.withColumns({BEFORE + c: F.col(c) for c in writes}) if writes else df
+    before = {c: BEFORE + c for c in writes}
+    staged = df.withColumns({b: F.col(c) for c, b in before.items()}) if writes else df
     ann = op.annotate(staged, ctx)
     if KEEP not in ann.columns:
         ann = ann.withColumn(KEEP, F.lit(True))
     if NOTE not in ann.columns:
         ann = ann.withColumn(NOTE, F.lit(None).cast(T.StringType()))
-    changed = reduce(
-        lambda a, b: a | b, [~F.col(c).eqNullSafe(F.col(BEFORE + c)) for c in writes], F.lit(False)
-    )
-    ann = ann.withColumn(MODIFIED, F.col(KEEP) & changed).persist()
+    ann = ann.withColumns({MODIFIED: F.col(KEEP) & _changed(writes, before), "_dropped": ~F.col(KEEP)})
+    ann = ann.persist()
     stats_cols = stat_columns(ann)
+    shown = _shown(ann, ctx)
     row = ann.agg(
         F.count(F.lit(1)).alias("n"),
-        F.count(F.when(~F.col(KEEP), 1)).alias("dropped"),
+        F.count(F.when(F.col("_dropped"), 1)).alias("dropped"),
         F.count(F.when(F.col(MODIFIED), 1)).alias("modified"),
         *[F.coalesce(F.sum(c), F.lit(0)).cast("long").alias(c) for c in stats_cols],
+        _first(F.struct("id", NOTE, *shown), "_dropped", ctx).alias("_s_dropped"),
+        _first(F.struct("id", *writes, *before.values()), MODIFIED, ctx).alias("_s_modified")
+        if writes
+        else F.lit(None).alias("_s_modified"),
     ).first()
     n, dropped, modified = int(row["n"]), int(row["dropped"]), int(row["modified"])
     samples: dict[str, list[dict[str, Any]]] = {}
-    shown = tuple(c for c in TEXT_COLUMNS[ctx.usage] if c in ann.columns)
     if dropped:
-        samples["dropped"] = _dropped_samples(ann, shown, ctx.order_by)
+        samples["dropped"] = [
+            _dropped_sample(r["id"], r[NOTE], {c: r[c] for c in shown}) for r in row["_s_dropped"]
+        ]
     if modified:
-        samples["modified"] = _modified_samples(ann, writes, ctx.order_by)
-    kept = ann.filter(F.col(KEEP)).drop(KEEP, NOTE, MODIFIED, *stats_cols, *[BEFORE + c for c in writes])
+        samples["modified"] = [
+            _modified_sample(r["id"], {w: (r[before[w]], r[w]) for w in writes}) for r in row["_s_modified"]
+        ]
+    kept = ann.filter(F.col(KEEP)).drop(KEEP, NOTE, MODIFIED, "_dropped", *stats_cols, *before.values())
     stats = StepStats(
         index=index,
         name=op.name,
@@ -155,17 +185,155 @@ def run_step(
         seconds=round(time.monotonic() - started, 3),
         samples=samples,
         counters={c[len(STAT) :]: int(row[c]) for c in stats_cols},
+        segment=segment,
     )
     return kept, ann, stats
+
+
+# ------------------------------------------------------------------------------------- row-local segments
+
+
+def _col(j: int, kind: str, name: str = "") -> str:
+    return f"_seg{j}_{kind}" + (f"_{name}" if name else "")
+
+
+def annotate_segment(
+    df: DataFrame, ops: list[Operator], ctx: OperatorContext, replay: bool = False
+) -> DataFrame:
+    """``df`` through row-local ``ops`` in one projection, with ``_alive`` and per step j the flags
+    ``_seg{j}_d`` (dropped by step j), ``_seg{j}_m`` (modified by step j) and counters ``_seg{j}_s_*``.
+
+    ``replay`` (for samples, on a handful of records) also keeps each step's note, the written columns
+    before it and the shown/written columns after it."""
+    cur = df.withColumn(ALIVE, F.lit(True))
+    shown = _shown(df, ctx)
+    for j, op in enumerate(ops):
+        writes = op.writes(ctx)
+        before = {c: _col(j, "b", c) for c in writes}
+        staged = cur.withColumns({b: F.col(c) for c, b in before.items()}) if writes else cur
+        ann = op.annotate(staged, ctx)
+        keep = F.col(KEEP) if KEEP in ann.columns else F.lit(True)
+        alive = F.col(ALIVE)
+        stats = stat_columns(ann)
+        flags = {
+            _col(j, "d"): alive & ~keep,
+            _col(j, "m"): alive & keep & _changed(writes, before),
+            **{_col(j, "s", c[len(STAT) :]): F.when(alive, F.col(c)) for c in stats},
+        }
+        if replay:
+            note = F.col(NOTE) if NOTE in ann.columns else F.lit(None).cast(T.StringType())
+            flags[_col(j, "n")] = note
+            flags.update({_col(j, "a", c): F.col(c) for c in dict.fromkeys((*shown, *writes))})
+        ann = ann.withColumns(flags).withColumn(ALIVE, alive & keep)
+        gone = [KEEP, NOTE, *stats, *([] if replay else before.values())]
+        cur = ann.drop(*[c for c in gone if c in ann.columns])
+    return cur
+
+
+def run_segment(
+    df: DataFrame, ops: list[Operator], ctx: OperatorContext, first_index: int, segment: int
+) -> tuple[DataFrame, DataFrame, list[StepStats]]:
+    """Row-local ``ops`` in one pass: (kept records, cached frame, one StepStats per step)."""
+    started = time.monotonic()
+    ann = annotate_segment(df, ops, ctx).persist()
+    stat_names = [[c for c in ann.columns if c.startswith(_col(j, "s") + "_")] for j in range(len(ops))]
+    aggs = [F.count(F.lit(1)).alias("n")]
+    for j in range(len(ops)):
+        aggs += [
+            F.count(F.when(F.col(_col(j, "d")), 1)).alias(f"d{j}"),
+            F.count(F.when(F.col(_col(j, "m")), 1)).alias(f"m{j}"),
+            _first(_order_key(ctx), _col(j, "d"), ctx).alias(f"kd{j}"),
+            _first(_order_key(ctx), _col(j, "m"), ctx).alias(f"km{j}"),
+            *[F.coalesce(F.sum(c), F.lit(0)).cast("long").alias(c) for c in stat_names[j]],
+        ]
+    row = ann.agg(*aggs).first()
+    samples = _replay_samples(df, ops, ctx, row)
+    seconds = round(time.monotonic() - started, 3)
+    steps = []
+    records_in = int(row["n"])
+    for j, op in enumerate(ops):
+        dropped, modified = int(row[f"d{j}"]), int(row[f"m{j}"])
+        steps.append(
+            StepStats(
+                index=first_index + j,
+                name=op.name,
+                params=op.describe()["params"],
+                records_in=records_in,
+                kept=records_in - dropped,
+                dropped=dropped,
+                modified=modified,
+                seconds=seconds,
+                samples=samples[j],
+                counters={c[len(_col(j, "s")) + 1 :]: int(row[c]) for c in stat_names[j]},
+                segment=segment,
+            )
+        )
+        records_in -= dropped
+    flags = [c for c in ann.columns if c.startswith("_seg") or c == ALIVE]
+    kept = ann.filter(F.col(ALIVE)).drop(*flags)
+    return kept, ann, steps
+
+
+def _replay_samples(
+    df: DataFrame, ops: list[Operator], ctx: OperatorContext, row: Any
+) -> list[dict[str, list[dict[str, Any]]]]:
+    """Each step's samples, recomputed by running the segment again on only the sampled records."""
+    wanted: list[tuple[list[tuple], list[tuple]]] = []
+    keys: set[tuple] = set()
+    for j in range(len(ops)):
+        kd = [tuple(k) for k in row[f"kd{j}"] or []]
+        km = [tuple(k) for k in row[f"km{j}"] or []]
+        wanted.append((kd, km))
+        keys.update(kd)
+        keys.update(km)
+    out: list[dict[str, list[dict[str, Any]]]] = [{} for _ in ops]
+    if not keys:
+        return out
+    key_schema = T.StructType([df.schema[c] for c in ctx.order_by])
+    key_df = df.sparkSession.createDataFrame(sorted(keys, key=repr), key_schema)
+    renamed = key_df.select(*[F.col(c).alias(f"_key_{c}") for c in ctx.order_by])
+    match = reduce(lambda a, b: a & b, [F.col(c).eqNullSafe(F.col(f"_key_{c}")) for c in ctx.order_by])
+    small = df.join(F.broadcast(renamed), match, "left_semi")
+    rows = {tuple(r[c] for c in ctx.order_by): r for r in annotate_segment(small, ops, ctx, True).collect()}
+    shown = _shown(df, ctx)
+    for j, op in enumerate(ops):
+        kd, km = wanted[j]
+        writes = op.writes(ctx)
+        if kd:
+            out[j]["dropped"] = [
+                _dropped_sample(
+                    rows[k]["id"], rows[k][_col(j, "n")], {c: rows[k][_col(j, "a", c)] for c in shown}
+                )
+                for k in kd
+            ]
+        if km:
+            out[j]["modified"] = [
+                _modified_sample(
+                    rows[k]["id"], {w: (rows[k][_col(j, "b", w)], rows[k][_col(j, "a", w)]) for w in writes}
+                )
+                for k in km
+            ]
+    return out
 
 
 def run_operators(df: DataFrame, operators: list[Operator], ctx: OperatorContext) -> PipelineResult:
     """Apply ``operators`` in order; the result's ``df`` reads from the last step's cache."""
     result = PipelineResult(df, [])
-    for i, op in enumerate(operators):
-        kept, cached, stats = run_step(result.df, op, ctx, i)
-        result.release()  # the new cache is full, so the previous one is no longer read
+    i = 0
+    segment = 0
+    while i < len(operators):
+        j = i
+        while j < len(operators) and operators[j].row_local:
+            j += 1
+        if j > i:
+            kept, cached, steps = run_segment(result.df, operators[i:j], ctx, i, segment)
+        else:
+            kept, cached, step = run_step(result.df, operators[i], ctx, i, segment)
+            steps, j = [step], i + 1
+        result.release()  # the new cache is full (and sampled), so the previous one is no longer read
         result.cached.append(cached)
         result.df = kept
-        result.steps.append(stats)
+        result.steps.extend(steps)
+        i = j
+        segment += 1
     return result

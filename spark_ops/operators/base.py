@@ -65,6 +65,9 @@ class Operator(ABC):
 
     name: ClassVar[str]
     Params: ClassVar[type[OperatorParams]] = OperatorParams
+    # True when a record's result depends on that record alone (no joins, windows or aggregates over the
+    # frame): consecutive row-local steps run fused in one pass (spark_ops.pipeline).
+    row_local: ClassVar[bool] = False
 
     def __init__(self, params: OperatorParams | None = None) -> None:
         self.params = params if params is not None else self.Params()
@@ -122,6 +125,8 @@ class Mapper(Operator):
     ``rewrite`` in a vectorised pandas UDF (Arrow batches), never a row-at-a-time Python UDF.
     """
 
+    row_local = True
+
     def writes(self, ctx: OperatorContext) -> tuple[str, ...]:
         return self.columns(ctx)
 
@@ -144,6 +149,8 @@ class Mapper(Operator):
 
 class Filter(Operator):
     """Drops records: implement ``keep`` (a boolean column; null counts as drop) and optionally ``note``."""
+
+    row_local = True
 
     @abstractmethod
     def keep(self, df: DataFrame, ctx: OperatorContext) -> Column:

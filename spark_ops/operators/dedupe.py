@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pydantic import Field
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from spark_ops.canonical import POSITION, joined_text
 from spark_ops.operators.base import KEEP, NOTE, Operator, OperatorContext, OperatorParams, register
 
 HASH = "_dedupe_hash"
+# Duplicated hashes joined back by broadcast up to this many (~100 bytes each); above, a shuffle join.
+BROADCAST_GROUPS = 2_000_000
 
 
 @register
@@ -32,8 +34,6 @@ class ExactDeduplicator(Operator):
         key = F.concat_ws("\u0002", *[joined_text(c, types[c]) for c in self.columns(ctx)])
         if self.params.normalize:
             key = F.trim(F.regexp_replace(F.lower(key), r"[\s\p{Z}]+", " "))
-        first = Window.partitionBy(HASH).orderBy(*ctx.order_by)
-        out = df.withColumn(HASH, F.sha2(key, 256))
         # Exact duplicates share their id (a content hash), so point at where the kept copy came from.
         if POSITION in df.columns:
             pos = F.col(POSITION)
@@ -41,11 +41,27 @@ class ExactDeduplicator(Operator):
             where = F.concat(pos["file"], line)
         else:
             where = F.concat(F.lit("id "), F.col("id"))
-        out = out.withColumn("_rank", F.row_number().over(first)).withColumn(
-            "_first", F.first(where).over(first)
+        order = F.struct(*[F.col(c) for c in ctx.order_by])
+        hashed = df.withColumn(HASH, F.unhex(F.sha2(key, 256)))
+        # Only the 32-byte hashes and order keys are shuffled, never the text; groups of one -- almost all --
+        # are dropped by the aggregation, so what joins back is the duplicated hashes alone.
+        groups = (
+            hashed.groupBy(HASH)
+            .agg(
+                F.count(F.lit(1)).alias("_n"),
+                F.min(order).alias("_first_key"),
+                F.min_by(where, order).alias("_first"),
+            )
+            .filter(F.col("_n") > 1)
+            .drop("_n")
+            .localCheckpoint()
         )
+        if groups.count() <= BROADCAST_GROUPS:
+            groups = F.broadcast(groups)  # the big frame keeps its partitioning (and so its order)
+        out = hashed.join(groups, HASH, "left")
+        dup = F.col("_first_key").isNotNull() & (order != F.col("_first_key"))
         return (
-            out.withColumn(KEEP, F.col("_rank") == 1)
-            .withColumn(NOTE, F.when(F.col("_rank") > 1, F.concat(F.lit("duplicate of "), F.col("_first"))))
-            .drop(HASH, "_rank", "_first")
+            out.withColumn(KEEP, ~dup)
+            .withColumn(NOTE, F.when(dup, F.concat(F.lit("duplicate of "), F.col("_first"))))
+            .drop(HASH, "_first_key", "_first")
         )

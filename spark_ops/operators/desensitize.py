@@ -282,6 +282,8 @@ class Desensitizer(Operator):
     """Find personal data (phone, ID card, bank card, e-mail, URL, IP, MAC, IMEI, passport, plate, VIN) and
     mask it, replace it with a typed placeholder or a salted hash, or drop the record."""
 
+    row_local = True
+
     name = "desensitize"
 
     class Params(OperatorParams):

@@ -1,14 +1,17 @@
 """Near-duplicate dedupe (MinHash-LSH + connected components), QA-pair dedupe and decontamination.
 
-Shingles are built in the JVM: character n-grams over the CJK characters of a text (Chinese has no spaces,
-and a character edit breaks only n shingles) united with word n-grams over its other words, each hashed with
-``xxhash64``. MinHash signatures are computed by a vectorised Arrow function (``mapInArrow``): one batch's
-shingle hashes are one flat numpy array, so every permutation is a multiply-add-shift over that array and a
-``minimum.reduceat`` by record -- no Python per shingle or per record. Bands of the signature become LSH
-bucket keys; each bucket links its members to its smallest member (a star: as connecting as all pairs, with
-n - 1 edges instead of n^2 / 2), candidate links are optionally verified by exact Jaccard similarity, and
-clusters are connected components found by min-label propagation with pointer jumping, as Spark joins. Nothing
-is collected on the driver but the per-iteration count of changed labels.
+near_dedupe: shingles and MinHash band keys come from one vectorised Arrow function (``mapInArrow`` over
+:mod:`spark_ops.operators.minhash`: character n-grams of CJK text, word n-grams of the rest, all hashed by
+numpy passes over a batch's code points -- no Python per shingle). Band keys are grouped by a hash
+aggregation; each bucket with several members links them to its smallest member; candidate links are
+verified by exact Jaccard of the two texts' shingle sets (again in ``mapInArrow``, on the candidates only);
+clusters are the connected components of the verified links -- in one process with scipy while the links
+fit (``max_local_edges``; they number about the duplicates, never the records), else distributed by
+min-label propagation with pointer jumping in Spark. Nothing holds all signatures at once: each batch's
+signatures live in its Arrow function, and only the band keys (one row per record and band) are shuffled.
+The drop decisions join back through a broadcast, so the data keeps its partitioning and order.
+
+Decontamination still shingles in the JVM (``shingle_hashes``: the same definition in Spark SQL).
 """
 
 from __future__ import annotations
@@ -81,43 +84,71 @@ def jaccard(a: Column, b: Column) -> Column:
     return inter / (F.size(a) + F.size(b) - inter)
 
 
-def _minhash_bands(bands: int, rows: int, seed: int) -> Any:
-    """The ``mapInArrow`` function: (node, shingles) batches -> (node, band keys) batches."""
+def _minhash_keys(text_col: int, cjk_ngram: int, word_ngram: int, bands: int, rows: int, seed: int) -> Any:
+    """The ``mapInArrow`` function: (node, ..., text) batches -> (node, band key) rows, one per band."""
 
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import numpy as np
         import pyarrow as pa
 
-        rng = np.random.default_rng(seed)
-        perms = bands * rows
-        # multiply-add-shift hashing: h(x) = (a x + b) >> 32 over 64-bit words, a odd -> a universal family
-        a = rng.integers(1, 2**63, size=perms, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-        b = rng.integers(0, 2**63, size=perms, dtype=np.uint64)
-        mix = rng.integers(1, 2**63, size=rows, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-        shift = np.uint64(32)
+        from spark_ops.operators.minhash import MinHasher, shingle
+
+        hasher = MinHasher(bands, rows, seed)
         for batch in batches:
-            n = batch.num_rows
-            if n == 0:
+            if batch.num_rows == 0:
                 continue
-            shingles = batch.column(1)
-            offsets = shingles.offsets.to_numpy()
-            flat = shingles.flatten().to_numpy(zero_copy_only=False).view(np.uint64)
-            starts = (offsets[:-1] - offsets[0]).astype(np.int64)
-            sig = np.empty((n, perms), dtype=np.uint64)
-            with np.errstate(over="ignore"):  # wrap-around is the hash
-                for k in range(perms):
-                    sig[:, k] = np.minimum.reduceat((flat * a[k] + b[k]) >> shift, starts)
-                sig = sig.reshape(n, bands, rows)
-                keys = np.zeros((n, bands), dtype=np.uint64)
-                for r in range(rows):
-                    keys = keys * np.uint64(0x9E3779B97F4A7C15) + sig[:, :, r] * mix[r]
-            values = pa.array(keys.reshape(-1).view(np.int64))
-            lists = pa.ListArray.from_arrays(
-                pa.array(np.arange(0, n * bands + 1, bands, dtype=np.int32)), values
+            sh = shingle(batch.column(text_col).to_pylist(), cjk_ngram, word_ngram)
+            present, sig = hasher.signatures(sh)
+            keys = hasher.band_keys(sig)
+            nodes = batch.column(0).to_numpy(zero_copy_only=False)[present]
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(np.repeat(nodes, bands)), pa.array(keys.reshape(-1))], names=[NODE, "key"]
             )
-            yield pa.RecordBatch.from_arrays([batch.column(0), lists], names=[NODE, "bands"])
 
     return fn
+
+
+def _verified(threshold: float, cjk_ngram: int, word_ngram: int) -> Any:
+    """The ``mapInArrow`` function: (src, dst, text_a, text_b) -> the (src, dst) pairs at or above threshold."""
+
+    def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import numpy as np
+        import pyarrow as pa
+
+        from spark_ops.operators.minhash import jaccard, shingle
+
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            a = shingle(batch.column(2).to_pylist(), cjk_ngram, word_ngram)
+            b = shingle(batch.column(3).to_pylist(), cjk_ngram, word_ngram)
+            keep = np.fromiter(
+                (jaccard(a.of(i), b.of(i)) >= threshold for i in range(batch.num_rows)),
+                dtype=bool,
+                count=batch.num_rows,
+            )
+            mask = pa.array(keep)
+            yield pa.RecordBatch.from_arrays(
+                [batch.column(0).filter(mask), batch.column(1).filter(mask)], names=["src", "dst"]
+            )
+
+    return fn
+
+
+def local_components(src: Any, dst: Any) -> tuple[Any, Any]:
+    """(node, label) arrays for an undirected edge list held in numpy: label = smallest node of its component
+    (scipy's connected components over the sparse adjacency matrix)."""
+    import numpy as np
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components as scipy_components
+
+    nodes = np.unique(np.concatenate([src, dst]))
+    i, j = np.searchsorted(nodes, src), np.searchsorted(nodes, dst)
+    graph = coo_matrix((np.ones(len(i), dtype=np.int8), (i, j)), shape=(len(nodes), len(nodes)))
+    _, comp = scipy_components(graph, directed=False)
+    smallest = np.full(comp.max() + 1 if len(comp) else 0, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(smallest, comp, nodes)
+    return nodes, smallest[comp]
 
 
 def connected_components(edges: DataFrame) -> DataFrame:
@@ -198,6 +229,12 @@ class NearDeduplicator(Operator):
         seed: int = Field(
             default=42, description="Seed of the MinHash permutations (results are deterministic)."
         )
+        max_local_edges: int = Field(
+            default=10_000_000,
+            ge=0,
+            description="Verified duplicate links clustered in one process (scipy, 16 bytes a link) up to this "
+            "many; above it, connected components run distributed in Spark (slower, unbounded).",
+        )
 
     params: Params
 
@@ -208,37 +245,42 @@ class NearDeduplicator(Operator):
         order = [F.col(c) for c in ctx.order_by]
         # A 64-bit hash of the order key names a record in joins (unique per record: the key is).
         keyed = df.withColumn(NODE, F.xxhash64(F.struct(*order)))
-        shingles = keyed.select(NODE, shingle_hashes(text, p.cjk_ngram, p.word_ngram).alias("sh")).filter(
-            F.size("sh") > 0
-        )
-        schema = T.StructType(
-            [T.StructField(NODE, T.LongType()), T.StructField("bands", T.ArrayType(T.LongType()))]
-        )
-        sigs = shingles.mapInArrow(_minhash_bands(p.bands, p.rows, p.seed), schema)
-        buckets = sigs.select(NODE, F.posexplode("bands").alias("band", "key"))
-        root = F.min(NODE).over(Window.partitionBy("band", "key"))
-        edges = (
-            buckets.withColumn("root", root)
-            .filter(F.col(NODE) != F.col("root"))
-            .select(F.col("root").alias("src"), F.col(NODE).alias("dst"))
-            .distinct()
-        ).localCheckpoint()
+        texts = keyed.select(NODE, text.alias("_nd_text"))
+        key_schema = T.StructType([T.StructField(NODE, T.LongType()), T.StructField("key", T.LongType())])
+        buckets = texts.mapInArrow(
+            _minhash_keys(1, p.cjk_ngram, p.word_ngram, p.bands, p.rows, p.seed), key_schema
+        ).persist()
+        try:
+            edges = self._candidate_edges(buckets).localCheckpoint()
+        finally:
+            buckets.unpersist()
         if p.verify:
             ends = (
                 edges.select(F.col("src").alias(NODE))
                 .union(edges.select(F.col("dst").alias(NODE)))
                 .distinct()
             )
-            cand = shingles.join(ends, NODE, "left_semi")
-            a, b = cand.alias("a"), cand.alias("b")
-            edges = (
-                edges.join(a, F.col("src") == F.col(f"a.{NODE}"))
-                .join(b, F.col("dst") == F.col(f"b.{NODE}"))
-                .filter(jaccard(F.col("a.sh"), F.col("b.sh")) >= p.threshold)
-                .select("src", "dst")
+            cand = texts.join(ends, NODE, "left_semi")
+            a = cand.select(F.col(NODE).alias("src"), F.col("_nd_text").alias("_a"))
+            b = cand.select(F.col(NODE).alias("dst"), F.col("_nd_text").alias("_b"))
+            pairs = edges.join(a, "src").join(b, "dst").select("src", "dst", "_a", "_b")
+            edge_schema = T.StructType(
+                [T.StructField("src", T.LongType()), T.StructField("dst", T.LongType())]
             )
-        labels = connected_components(edges)
-        members = keyed.join(labels, keyed[NODE] == labels["node"]).select(
+            edges = pairs.mapInArrow(
+                _verified(p.threshold, p.cjk_ngram, p.word_ngram), edge_schema
+            ).localCheckpoint()
+        n_edges = edges.count()
+        if n_edges == 0:
+            return df.withColumn(KEEP, F.lit(True)).withColumn(NOTE, F.lit(None).cast(T.StringType()))
+        if n_edges <= p.max_local_edges:
+            labels = self._local_labels(edges)
+            small = True
+        else:
+            labels = connected_components(edges)
+            small = False
+        node_labels = F.broadcast(labels) if small else labels
+        members = keyed.join(node_labels, keyed[NODE] == labels["node"]).select(
             NODE, "label", *ctx.order_by, _where(keyed).alias("_where")
         )
         first = Window.partitionBy("label").orderBy(*ctx.order_by)
@@ -248,12 +290,45 @@ class NearDeduplicator(Operator):
             .filter(F.col("_rank") > 1)
             .select(NODE, F.concat(F.lit("near-duplicate of "), F.col("_first")).alias("_nd_note"))
         )
+        if small:  # at most one row per clustered node: the big frame keeps its partitioning and order
+            dropped = F.broadcast(dropped.localCheckpoint())
         out = keyed.join(dropped, NODE, "left")
         return (
             out.withColumn(KEEP, F.col("_nd_note").isNull())
             .withColumn(NOTE, F.col("_nd_note"))
             .drop(NODE, "_nd_note")
         )
+
+    @staticmethod
+    def _candidate_edges(buckets: DataFrame) -> DataFrame:
+        """Each LSH bucket with several members links them to its smallest member (a star: as connecting as
+        all pairs, with n - 1 edges instead of n^2 / 2). Singletons -- almost every bucket -- are dropped by
+        a hash aggregation before any member is joined."""
+        roots = (
+            buckets.groupBy("key")
+            .agg(F.min(NODE).alias("src"), F.count(F.lit(1)).alias("_n"))
+            .filter(F.col("_n") > 1)
+            .select("key", "src")
+        )
+        return (
+            buckets.join(roots, "key")
+            .filter(F.col(NODE) != F.col("src"))
+            .select("src", F.col(NODE).alias("dst"))
+            .distinct()
+        )
+
+    @staticmethod
+    def _local_labels(edges: DataFrame) -> DataFrame:
+        """Connected components of a verified edge list small enough for one process (scipy)."""
+        import numpy as np
+        import pandas as pd
+
+        table = edges.toArrow()
+        src = table.column("src").to_numpy().astype(np.int64)
+        dst = table.column("dst").to_numpy().astype(np.int64)
+        nodes, labels = local_components(src, dst)
+        schema = T.StructType([T.StructField("node", T.LongType()), T.StructField("label", T.LongType())])
+        return edges.sparkSession.createDataFrame(pd.DataFrame({"node": nodes, "label": labels}), schema)
 
 
 def _check_target(step: OperatorStep, index: int, usage: Usage) -> None:

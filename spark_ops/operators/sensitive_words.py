@@ -134,6 +134,8 @@ def _scan_udf(words: list[tuple[str, int]], mask_char: str | None) -> Any:
 class SensitiveWordFilter(Operator):
     """Find words from the pornography / violence / politics lists; drop the record or mask the words."""
 
+    row_local = True
+
     name = "sensitive_words"
 
     class Params(OperatorParams):

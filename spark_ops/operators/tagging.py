@@ -32,6 +32,8 @@ def _tagged(df: DataFrame, new: Column, replace_prefix: str | None) -> DataFrame
 class Tagger(Operator):
     """An operator that only writes ``meta``; subclasses compute the tags to add."""
 
+    row_local = True
+
     prefix: str | None = None
 
     def writes(self, ctx: OperatorContext) -> tuple[str, ...]:
