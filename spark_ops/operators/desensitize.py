@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import reduce
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pyspark.sql import Column, DataFrame
@@ -136,13 +136,45 @@ class Detector:
     before: str = _NOT_AFTER_WORD
     after: str = _NOT_BEFORE_WORD
     valid: Validator | None = None
-    # A simple regex every match satisfies: a cheap first pass, so the look-around-heavy pattern only scans
-    # the texts that can hold a match at all.
+    # A simple regex (valid in Python and Java) that every match contains: a cheap first pass over the
+    # original text, so the look-around-heavy pattern only scans the texts that can hold a match at all.
     hint: str | None = None
 
     @property
     def pattern(self) -> str:
         return f"{self.before}(?:{self.body}){self.after}"
+
+
+_HINT_CACHE: dict[tuple[str, ...], list] = {}
+
+
+def hint_mask(text: str | None, hints: tuple[str, ...]) -> int:
+    """Bit k set when ``hints[k]`` occurs in ``text`` (Python ``re``: its prefix scan skips the positions
+    that cannot start a match, which Java's regex engine tries one by one)."""
+    if not text:
+        return 0
+    pats = _HINT_CACHE.get(hints)
+    if pats is None:
+        import re
+
+        pats = _HINT_CACHE[hints] = [re.compile(h) for h in hints]
+    mask = 0
+    for k, p in enumerate(pats):
+        if p.search(text):
+            mask |= 1 << k
+    return mask
+
+
+def _hint_mask_udf(hints: tuple[str, ...]) -> Any:
+    """A pandas UDF: string -> long, the detectors whose hint the text holds (see :func:`hint_mask`)."""
+    import pandas as pd
+
+    def pii_hints(batch: pd.Series) -> pd.Series:
+        return batch.map(lambda t: hint_mask(t, hints)).astype("int64")
+
+    # The module postpones annotations (strings); pandas_udf reads them to pick the UDF kind.
+    pii_hints.__annotations__ = {"batch": pd.Series, "return": pd.Series}
+    return F.pandas_udf(T.LongType())(pii_hints)  # type: ignore[call-overload]
 
 
 DETECTORS: tuple[Detector, ...] = (
@@ -173,7 +205,7 @@ DETECTORS: tuple[Detector, ...] = (
         _NOT_AFTER_NUM,
         _NOT_BEFORE_NUM,
         luhn_valid,
-        hint="[0-9]{4}",
+        hint=r"[0-9]{4}[ \-]?[0-9]{4}",
     ),
     Detector(
         "vin",
@@ -187,7 +219,7 @@ DETECTORS: tuple[Detector, ...] = (
         _NOT_AFTER_NUM,
         _NOT_BEFORE_NUM,
         luhn_valid,
-        hint="[0-9]{4}",
+        hint="[0-9]{6}",
     ),
     # The legacy 15-digit ID has no check digit; its embedded yyMMdd date is the only validation.
     Detector(
@@ -198,7 +230,7 @@ DETECTORS: tuple[Detector, ...] = (
         r"(?:(?:\+|00)86[ \-]?)?1[3-9][0-9](?:[ \-]?[0-9]{4}){2}",
         r"(?<![0-9A-Za-z_.\-+])",
         _NOT_BEFORE_NUM,
-        hint="[0-9]{4}",
+        hint=r"[0-9]{4}[ \-]?[0-9]{4}",
     ),
     Detector(
         "mac",
@@ -261,20 +293,19 @@ MASKS: dict[PiiType, Masker] = {
 }
 
 
-def _matches(text: Column, pattern: Column, det: Detector) -> Column:
-    """Validated matches of ``det`` in ``text``; an empty array (never null) for null text."""
+def _matches(text: Column, pattern: Column, det: Detector, gated: Column) -> Column:
+    """Validated matches of ``det`` in ``text``; an empty array (never null) for null text or where ``gated``
+    says the text holds no hint of the detector."""
     text = F.coalesce(text, F.lit(""))
     found = F.regexp_extract_all(text, pattern, F.lit(0))
     if det.valid is not None:
         found = F.filter(found, det.valid)
-    if det.hint is None:
-        return found
-    return F.when(text.rlike(det.hint), found).otherwise(F.array().cast("array<string>"))
+    return F.when(gated, found).otherwise(F.array().cast("array<string>"))
 
 
-def _matcher(pattern: Column, det: Detector) -> Callable[[Column], Column]:
+def _matcher(pattern: Column, det: Detector, gated: Column) -> Callable[[Column], Column]:
     # A factory, not a lambda with default arguments: PySpark reads a lambda's parameter count.
-    return lambda s: _matches(s, pattern, det)
+    return lambda s: _matches(s, pattern, det, gated)
 
 
 @register
@@ -350,21 +381,30 @@ class Desensitizer(Operator):
         types = {f.name: f.dataType for f in df.schema.fields}
         enabled = set(self.params.types)
         counts: dict[PiiType, list[str]] = {}
-        out = df
-        for k, det in enumerate(d for d in DETECTORS if d.pii in enabled):
+        detectors = tuple(d for d in DETECTORS if d.pii in enabled)
+        # Every detector has a hint: a cheap pattern each of its matches contains. One vectorised pass finds
+        # which hints a text holds (a bit per detector); a detector's look-around regex then scans only the
+        # texts holding its hint -- for most texts, no detector runs at all.
+        hints = tuple(d.hint or d.body for d in detectors)
+        masks = _hint_mask_udf(hints)
+        gates = {c: F.concat_ws("\n", text_values(c, types[c])) for c in self.columns(ctx)}
+        out = df.withColumns({f"_pii_gate_{c}": masks(g) for c, g in gates.items()})
+        for k, det in enumerate(detectors):
             for c in self.columns(ctx):
                 dtype = types[c]
                 found_col = f"_pii{k}_{c}"
                 pattern = F.lit(det.pattern)
+                gated = (F.col(f"_pii_gate_{c}").bitwiseAND(F.lit(1 << k))) != 0
                 # array<array<string>>: validated matches per text value (one value for a string column)
                 found = F.transform(
                     F.coalesce(text_values(c, dtype), F.array().cast("array<string>")),
-                    _matcher(pattern, det),
+                    _matcher(pattern, det, gated),
                 )
                 # Materialised as a column so the (costly) regex scan runs once for both the rewrite and
                 # the counters; Spark does not collapse projections that would duplicate it.
                 out = out.withColumn(found_col, found)
                 fc = F.col(found_col)
+                # ``found`` is empty for a text without the hint, and an empty ``found`` leaves it unchanged
                 new = self._rewrite_column(det, F.col(c), dtype, fc)
                 out = out.withColumn(c, new)
                 counts.setdefault(det.pii, []).append(found_col)
@@ -381,4 +421,4 @@ class Desensitizer(Operator):
             out = out.withColumn(KEEP, reasons == "").withColumn(
                 NOTE, F.when(reasons != "", F.concat(F.lit("contains "), reasons))
             )
-        return out.drop(*found_cols)
+        return out.drop(*found_cols, *[f"_pii_gate_{c}" for c in gates])

@@ -15,7 +15,8 @@ from pyspark.sql import functions as F
 from spark_ops.operators.base import Mapper, OperatorParams, register
 
 # Space separators other than ' ' itself (U+3000 is the full-width, ideographic space).
-UNICODE_SPACES = "[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]"
+UNICODE_SPACE_CHARS = "\u00a0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u202f\u205f\u3000"
+UNICODE_SPACES = f"[{UNICODE_SPACE_CHARS}]"
 FULLWIDTH = "".join(chr(c) for c in range(0xFF01, 0xFF5F))  # ！ .. ～, the full-width forms of ! .. ~
 # Full-width punctuation that is the correct form in Chinese text (half-width would be an error there).
 CJK_PUNCTUATION = "，！？：；（）～"
@@ -72,7 +73,13 @@ def _unicode_form(form: str, text: str) -> str:
 
 ENUMERATORS = _enumerator_table()
 COLLAPSE = r"(```[\s\S]*?```)|(?<=\S)( ) +(?=[^ \n])"
-ENUMERATOR_CLASS = "[" + "".join(ENUMERATORS.values()) + "]"
+ENUMERATOR_CHARS = "".join(ENUMERATORS.values())
+ENUMERATOR_CLASS = f"[{ENUMERATOR_CHARS}]"
+
+
+def _holds_any(text: Column, chars: str) -> Column:
+    """True where ``text`` holds any of ``chars`` (translate deletes them: a table lookup per character)."""
+    return F.length(F.translate(text, chars, "")) != F.length(text)
 
 
 @register
@@ -130,12 +137,16 @@ class Normalizer(Mapper):
     params: Params
 
     def rewrite(self, text: Column) -> Column:
+        # The gates below test the *input* (a plain column reference) rather than the rewritten text, which
+        # keeps the expression tree small: Catalyst copies a sub-expression wherever it is referenced.
         p = self.params
+        orig = text
         if p.unicode_spaces:
-            text = F.regexp_replace(text, UNICODE_SPACES, " ")
+            text = F.translate(text, UNICODE_SPACE_CHARS, " " * len(UNICODE_SPACE_CHARS))
         if p.fullwidth:
             src = "".join(c for c in FULLWIDTH if not (p.keep_cjk_punctuation and c in CJK_PUNCTUATION))
             text = F.translate(text, src, "".join(chr(ord(c) - 0xFEE0) for c in src))
+        spaced_map = False
         if p.punctuation and p.punctuation_map:
             single = {k: v for k, v in p.punctuation_map.items() if len(v) == 1}
             if single:
@@ -143,17 +154,26 @@ class Normalizer(Mapper):
             for k, v in p.punctuation_map.items():
                 if len(v) != 1:
                     text = F.replace(text, F.lit(k), F.lit(v))
+            spaced_map = any(" " in v for v in p.punctuation_map.values())
         if p.enumerators:
-            # One regex per number, so only run the chain on the rare texts that hold an enumerator at all.
+            # One regex per number, so only run the chain on the rare texts that hold an enumerator at all;
+            # the steps above never create one, so the input tells. translate() is a per-character table
+            # lookup: far cheaper than a regex scan as the gate.
             chained = text
             for n, chars in ENUMERATORS.items():
                 chained = F.regexp_replace(chained, f"[{chars}]", f"{n}.")
-            text = F.when(text.rlike(ENUMERATOR_CLASS), chained).otherwise(text)
+            text = F.when(_holds_any(orig, ENUMERATOR_CHARS), chained).otherwise(text)
         if p.collapse_spaces:
             # A fenced code block matches the first alternative and is put back unchanged ($1); elsewhere a
             # run of spaces between two non-spaces becomes one space ($2). Trailing spaces stay: two of them
-            # before a newline are a Markdown line break.
-            text = F.regexp_replace(text, COLLAPSE, "$1$2")
+            # before a newline are a Markdown line break. Only a run of two or more spaces can change, and
+            # the input has one, or a Unicode space that became ' ' (or a mapped punctuation with a space).
+            may_change = orig.contains("  ")
+            if p.unicode_spaces:
+                may_change = may_change | _holds_any(orig, UNICODE_SPACE_CHARS)
+            if spaced_map:
+                may_change = F.lit(True)
+            text = F.when(may_change, F.regexp_replace(text, COLLAPSE, "$1$2")).otherwise(text)
         return text
 
     def python_rewrite(self) -> Callable[[str], str] | None:
