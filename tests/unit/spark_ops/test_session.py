@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spark_ops.session import is_local, local_cores, session_conf
+from spark_ops.session import is_local, local_cores, session_conf, submitted_conf
 from tasks.specs import SparkResources
 
 
@@ -51,3 +51,25 @@ def test_cluster_masters_are_not_local() -> None:
     assert not is_local("k8s://https://api:6443")
     with pytest.raises(ValueError):
         local_cores("yarn")
+
+
+def test_spark_submit_settings_win_over_derived_ones() -> None:
+    res = SparkResources(
+        num_executors=2, executor_cores=2, executor_memory_gb=4, conf={"spark.sql.shuffle.partitions": "3"}
+    )
+    submitted = {
+        "spark.master": "spark://head:7077",
+        "spark.executor.memory": "1g",
+        "spark.cores.max": "1",
+        "spark.sql.shuffle.partitions": "9",
+    }
+    conf = session_conf(res, "spark://head:7077", submitted)
+    assert "spark.master" not in conf  # the JVM already has it; nothing to override
+    assert "spark.executor.memory" not in conf
+    assert conf["spark.executor.cores"] == "2"  # not given to spark-submit: the spec's value
+    assert conf["spark.sql.shuffle.partitions"] == "3"  # the spec's explicit conf still wins
+
+
+def test_no_spark_submit_means_no_submitted_conf(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
+    assert submitted_conf() == {}  # and no JVM was started to find that out
