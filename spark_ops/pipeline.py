@@ -1,7 +1,8 @@
 """Run an operator recipe with per-step statistics: kept, dropped, modified, and a few samples of each.
 
-Consecutive row-local steps (mappers, filters, taggers, desensitisation, sensitive words: each record's fate
-depends on that record alone) can run as one *segment* (up to ``max_fused`` steps; see ``MAX_FUSED``): a single projection over the data in which every step
+Consecutive row-local steps in pure Spark SQL (mappers, filters, taggers: each record's fate depends on
+that record alone; see ``Operator.fusable`` and ``MAX_FUSED``) run as one *segment*: a single projection
+over the data in which every step
 adds its flags -- dropped here, modified here -- and a record dropped by one step is only marked dead, so the
 later steps' flags skip it. The segment's output is persisted once, and one aggregation over it yields every
 step's counts, counters and the order keys of its first few dropped and modified records (``min_by`` with
@@ -16,6 +17,7 @@ previous cache is released as soon as the next one is full.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from functools import reduce
@@ -28,6 +30,7 @@ from pyspark.sql import types as T
 from spark_ops.canonical import TEXT_COLUMNS
 from spark_ops.operators.base import KEEP, NOTE, STAT, Operator, OperatorContext, stat_columns
 
+log = logging.getLogger("forgeflow.spark_ops")
 MODIFIED = "_modified"
 BEFORE = "_before_"
 ALIVE = "_alive"
@@ -316,11 +319,10 @@ def _replay_samples(
     return out
 
 
-# Row-local steps fused into one projection at most. Catalyst's optimiser works on expression *trees*, and
-# its cost grew far faster than the number of fused steps: pretrain_clean's ten row-local steps in one
-# projection spent minutes in CollapseProject before the first row was read, while one step per segment
-# plans in milliseconds on top of the previous step's cache. Steps still run one pass each.
-MAX_FUSED = 1
+# Row-local steps fused into one projection at most. Catalyst's optimiser works on expression *trees*; pure
+# Spark SQL steps fuse well (pretrain_clean's first eight plan in well under a second), while steps with
+# Python UDFs never fuse (Operator.fusable). The cap bounds the plan's depth all the same.
+MAX_FUSED = 8
 
 
 def run_operators(
@@ -332,8 +334,10 @@ def run_operators(
     segment = 0
     while i < len(operators):
         j = i
-        while j < len(operators) and operators[j].row_local and j - i < max_fused:
+        while j < len(operators) and operators[j].fusable and j - i < max_fused:
             j += 1
+        if j == i and operators[i].row_local:
+            j = i + 1  # row-local but not fusable: a segment of its own
         if j > i:
             kept, cached, steps = run_segment(result.df, operators[i:j], ctx, i, segment)
         else:
@@ -343,6 +347,15 @@ def run_operators(
         result.cached.append(cached)
         result.df = kept
         result.steps.extend(steps)
+        for st in steps:
+            log.info(
+                "step %d %s: %.1fs, dropped %d, modified %d",
+                st.index,
+                st.name,
+                st.seconds,
+                st.dropped,
+                st.modified,
+            )
         i = j
         segment += 1
     return result

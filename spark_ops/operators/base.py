@@ -69,6 +69,13 @@ class Operator(ABC):
     # frame): consecutive row-local steps run fused in one pass (spark_ops.pipeline).
     row_local: ClassVar[bool] = False
 
+    @property
+    def fusable(self) -> bool:
+        """May run fused with neighbouring steps in one projection: row-local and pure Spark SQL. Steps with
+        Python (pandas) UDFs run alone: Catalyst's projection collapsing around Python UDFs grew
+        exponentially with the fused depth (minutes of planning for desensitize + sensitive_words)."""
+        return self.row_local
+
     def __init__(self, params: OperatorParams | None = None) -> None:
         self.params = params if params is not None else self.Params()
 

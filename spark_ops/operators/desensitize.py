@@ -315,6 +315,10 @@ class Desensitizer(Operator):
 
     row_local = True
 
+    @property
+    def fusable(self) -> bool:
+        return False  # a pandas UDF: runs as a step of its own (see Operator.fusable)
+
     name = "desensitize"
 
     class Params(OperatorParams):

@@ -16,6 +16,8 @@ Decontamination still shingles in the JVM (``shingle_hashes``: the same definiti
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +41,7 @@ from tasks.specs import OperatorStep, Usage
 if TYPE_CHECKING:
     import pyarrow as pa
 
+log = logging.getLogger("forgeflow.spark_ops")
 NODE = "_nd_node"
 CJK = r"\p{IsHan}\p{IsHiragana}\p{IsKatakana}\p{IsHangul}"
 MAX_CC_ITERATIONS = 60
@@ -250,10 +253,12 @@ class NearDeduplicator(Operator):
         buckets = texts.mapInArrow(
             _minhash_keys(1, p.cjk_ngram, p.word_ngram, p.bands, p.rows, p.seed), key_schema
         ).persist()
+        t0 = time.monotonic()
         try:
             edges = self._candidate_edges(buckets).localCheckpoint()
         finally:
             buckets.unpersist()
+        t1 = time.monotonic()
         if p.verify:
             ends = (
                 edges.select(F.col("src").alias(NODE))
@@ -271,6 +276,13 @@ class NearDeduplicator(Operator):
                 _verified(p.threshold, p.cjk_ngram, p.word_ngram), edge_schema
             ).localCheckpoint()
         n_edges = edges.count()
+        t2 = time.monotonic()
+        log.info(
+            "near_dedupe: signatures + LSH candidates %.1fs, verification %.1fs, %d duplicate links",
+            t1 - t0,
+            t2 - t1,
+            n_edges,
+        )
         if n_edges == 0:
             return df.withColumn(KEEP, F.lit(True)).withColumn(NOTE, F.lit(None).cast(T.StringType()))
         if n_edges <= p.max_local_edges:

@@ -136,6 +136,10 @@ class SensitiveWordFilter(Operator):
 
     row_local = True
 
+    @property
+    def fusable(self) -> bool:
+        return False  # a pandas UDF: runs as a step of its own (see Operator.fusable)
+
     name = "sensitive_words"
 
     class Params(OperatorParams):
