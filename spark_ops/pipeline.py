@@ -250,8 +250,16 @@ def run_segment(
             *[F.coalesce(F.sum(c), F.lit(0)).cast("long").alias(c) for c in stat_names[j]],
         ]
     row = ann.agg(*aggs).first()
+    counted = time.monotonic()
     samples = _replay_samples(df, ops, ctx, row)
     seconds = round(time.monotonic() - started, 3)
+    log.info(
+        "segment %d (%s): pass + counts %.1fs, samples %.1fs",
+        segment,
+        ", ".join(op.name for op in ops),
+        counted - started,
+        seconds - (counted - started),
+    )
     steps = []
     records_in = int(row["n"])
     for j, op in enumerate(ops):

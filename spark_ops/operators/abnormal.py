@@ -17,7 +17,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
-from spark_ops.operators.base import Mapper, OperatorParams, register
+from spark_ops.operators.base import Mapper, OperatorParams, holds_any, register
 from spark_ops.operators.regex import check_java_regex
 
 # C0 controls except \t (09) and \n (0A); \r is handled apart (CRLF -> LF, a lone CR -> LF); DEL; C1 controls.
@@ -30,6 +30,12 @@ BIDI = r"[\x{200E}\x{200F}\x{202A}-\x{202E}\x{2066}-\x{2069}\x{061C}]"
 
 # Bytes 0x80-0xBF (UTF-8 continuation bytes) as Latin-1 shows them, plus the characters cp1252 puts at
 # 0x80-0x9F -- what a continuation byte looks like after a wrong decode either way.
+CONTROL_CHARS = "".join(map(chr, [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0xA0)]))
+INVISIBLE_CHARS = "".join(map(chr, [*range(0x200B, 0x200E), *range(0x2060, 0x2065), 0x00AD, 0xFEFF, 0x180E]))
+BIDI_CHARS = "".join(map(chr, [0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x061C]))
+# Every garbled match holds one of these: a Latin-1 lead/byte (U+0080-U+00FF) or a replacement pattern's char.
+GARBLED_GATE = "".join(map(chr, range(0x80, 0x100))) + "\ufffd锟烫屯"
+
 _CONT = r"[\x{0080}-\x{00BF}\x{20AC}\x{201A}\x{0192}\x{201E}\x{2026}\x{2020}\x{2021}\x{02C6}\x{2030}\x{0160}\x{2039}\x{0152}\x{017D}\x{2018}\x{2019}\x{201C}\x{201D}\x{2022}\x{2013}\x{2014}\x{02DC}\x{2122}\x{0161}\x{203A}\x{0153}\x{017E}\x{0178}]"
 # UTF-8 read as Latin-1 / cp1252: a lead byte (Ã, â, ä ...) followed by its continuation bytes, e.g. "Ã©"
 # (é), "â€™" (’), "ï¿½" (U+FFFD), "ä½ å¥½" (你好). One sequence on its own is ambiguous ("«café…»" holds
@@ -59,6 +65,18 @@ EMOJI_CHAR = (
 EMOJI_TAIL = r"[\x{FE0E}\x{FE0F}\x{200D}\x{1F3FB}-\x{1F3FF}\x{E0020}-\x{E007F}]"
 KEYCAP = r"[0-9#*]\x{FE0F}?\x{20E3}"
 EMOJI = rf"{KEYCAP}|{EMOJI_CHAR}(?:{EMOJI_TAIL}|{EMOJI_CHAR})*"
+
+
+def _class_chars(cls: str) -> str:
+    """Every character of a ``[\\x{...}-\\x{...}...]`` class, as one string (for :func:`holds_any`)."""
+    out = []
+    for lo, hi in re.findall(r"\\x\{([0-9A-F]+)\}(?:-\\x\{([0-9A-F]+)\})?", cls):
+        out.extend(map(chr, range(int(lo, 16), int(hi or lo, 16) + 1)))
+    return "".join(out)
+
+
+# Every emoji match holds an emoji character or the keycap mark.
+EMOJI_GATE = _class_chars(EMOJI_CHAR) + "\u20e3"
 
 HTML_TAG_NAMES = (
     "a|abbr|address|article|aside|audio|b|base|bdi|bdo|blockquote|body|br|button|canvas|caption|center|cite|"
@@ -146,13 +164,18 @@ class InvisibleCharRemover(Mapper):
 
     def rewrite(self, text: Column) -> Column:
         p = self.params
+        orig = text
         if p.control:
-            text = F.regexp_replace(text, r"\r\n?", "\n")
+            text = F.when(orig.contains("\r"), F.regexp_replace(text, r"\r\n?", "\n")).otherwise(text)
         # One pass over the text for all enabled classes: the classes are disjoint, so order does not matter.
-        classes = [
-            c[1:-1] for c, on in ((CONTROL, p.control), (INVISIBLE, p.invisible), (BIDI, p.bidi)) if on
-        ]
-        return F.regexp_replace(text, "[" + "".join(classes) + "]", "") if classes else text
+        # A translate() lookup per character first: texts without any of them skip the regex.
+        enabled = ((CONTROL, CONTROL_CHARS, p.control), (INVISIBLE, INVISIBLE_CHARS, p.invisible))
+        enabled += ((BIDI, BIDI_CHARS, p.bidi),)
+        classes = [c[1:-1] for c, _, on in enabled if on]
+        if not classes:
+            return text
+        gate = holds_any(orig, "".join(chars for _, chars, on in enabled if on))
+        return F.when(gate, F.regexp_replace(text, "[" + "".join(classes) + "]", "")).otherwise(text)
 
 
 @register
@@ -175,11 +198,13 @@ class GarbledTextRemover(Mapper):
     params: Params
 
     def rewrite(self, text: Column) -> Column:
+        orig = text
         if self.params.replacement_chars:
             text = F.regexp_replace(text, REPLACEMENT, "")
         if self.params.mojibake:
             text = F.regexp_replace(text, f"{UTF8_AS_LATIN1}|{GBK_AS_LATIN1}", "")
-        return text
+        # Removing a match never creates a gate character, so the input tells whether anything can match.
+        return F.when(holds_any(orig, GARBLED_GATE), text).otherwise(orig)
 
 
 @register
@@ -197,9 +222,8 @@ class EmojiRemover(Mapper):
     params: Params
 
     def rewrite(self, text: Column) -> Column:
-        return F.regexp_replace(
-            text, EMOJI, self.params.replacement.replace("\\", "\\\\").replace("$", "\\$")
-        )
+        rep = self.params.replacement.replace("\\", "\\\\").replace("$", "\\$")
+        return F.when(holds_any(text, EMOJI_GATE), F.regexp_replace(text, EMOJI, rep)).otherwise(text)
 
 
 _ENTITY_RE = re.compile(ENTITY)
@@ -273,8 +297,8 @@ class SpecialSymbolRemover(Mapper):
         if not chars:
             return text
         cls = "[" + "".join(re.escape(c) for c in chars) + "]"
-        text = F.regexp_replace(text, rf"(?m)^([ \t]*){cls}+[ \t]*", "$1")
-        return F.regexp_replace(text, cls, "")
+        stripped = F.regexp_replace(text, rf"(?m)^([ \t]*){cls}+[ \t]*", "$1")
+        return F.when(holds_any(text, chars), F.regexp_replace(stripped, cls, "")).otherwise(text)
 
 
 @register

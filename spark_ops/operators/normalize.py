@@ -12,7 +12,7 @@ from pydantic import Field, field_validator
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
-from spark_ops.operators.base import Mapper, OperatorParams, register
+from spark_ops.operators.base import Mapper, OperatorParams, holds_any, register
 
 # Space separators other than ' ' itself (U+3000 is the full-width, ideographic space).
 UNICODE_SPACE_CHARS = "\u00a0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u202f\u205f\u3000"
@@ -75,11 +75,6 @@ ENUMERATORS = _enumerator_table()
 COLLAPSE = r"(```[\s\S]*?```)|(?<=\S)( ) +(?=[^ \n])"
 ENUMERATOR_CHARS = "".join(ENUMERATORS.values())
 ENUMERATOR_CLASS = f"[{ENUMERATOR_CHARS}]"
-
-
-def _holds_any(text: Column, chars: str) -> Column:
-    """True where ``text`` holds any of ``chars`` (translate deletes them: a table lookup per character)."""
-    return F.length(F.translate(text, chars, "")) != F.length(text)
 
 
 @register
@@ -162,7 +157,7 @@ class Normalizer(Mapper):
             chained = text
             for n, chars in ENUMERATORS.items():
                 chained = F.regexp_replace(chained, f"[{chars}]", f"{n}.")
-            text = F.when(_holds_any(orig, ENUMERATOR_CHARS), chained).otherwise(text)
+            text = F.when(holds_any(orig, ENUMERATOR_CHARS), chained).otherwise(text)
         if p.collapse_spaces:
             # A fenced code block matches the first alternative and is put back unchanged ($1); elsewhere a
             # run of spaces between two non-spaces becomes one space ($2). Trailing spaces stay: two of them
@@ -170,7 +165,7 @@ class Normalizer(Mapper):
             # the input has one, or a Unicode space that became ' ' (or a mapped punctuation with a space).
             may_change = orig.contains("  ")
             if p.unicode_spaces:
-                may_change = may_change | _holds_any(orig, UNICODE_SPACE_CHARS)
+                may_change = may_change | holds_any(orig, UNICODE_SPACE_CHARS)
             if spaced_map:
                 may_change = F.lit(True)
             text = F.when(may_change, F.regexp_replace(text, COLLAPSE, "$1$2")).otherwise(text)

@@ -230,3 +230,22 @@ def test_decontaminate(spark: SparkSession, tmp_path: Path) -> None:
     res = run_operators(df, [op], PRETRAIN)
     assert [r["id"] for r in res.df.orderBy("id").collect()] == ["id1", "id2"]
     assert "n-grams with the evaluation sets" in res.steps[0].samples["dropped"][0]["reason"]
+
+
+def test_near_dedupe_distributed_components_agree_with_local(spark: SparkSession) -> None:
+    """max_local_edges 0 forces the Spark connected components; both paths drop the same records."""
+    base = "The quick brown fox jumps over the lazy dog while the farmer watches from the old wooden porch"
+    zh = "床前明月光疑是地上霜举头望明月低头思故乡白日依山尽黄河入海流欲穷千里目更上一层楼"
+    docs = [
+        base,
+        base.replace("quick", "quack"),
+        base.replace("lazy", "hazy"),
+        zh,
+        zh.replace("霜", "雪"),
+        "other",
+    ]
+    df = pretrain(spark, *docs)
+    local = run_operators(df, [NearDeduplicator()], PRETRAIN)
+    spread = run_operators(df, [NearDeduplicator(NearDeduplicator.Params(max_local_edges=0))], PRETRAIN)
+    assert texts(local.df) == texts(spread.df) == [base, zh, "other"]
+    assert local.steps[0].samples == spread.steps[0].samples
