@@ -1,5 +1,6 @@
 """Record filters: blank records, length (characters, tokens), symbol / Chinese / garbled ratios, repetition
-(Gopher-style), regular expressions and truncated samples. Every measure is a Spark SQL expression."""
+(Gopher-style), regular expressions and truncated samples. Every measure is a Spark SQL expression, except the
+repetition fractions, which one Arrow UDF computes per batch with numpy (``repetition.py``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from spark_ops.canonical import joined_text, text_length, text_values
 from spark_ops.operators.abnormal import GARBLED
 from spark_ops.operators.base import Filter, OperatorContext, OperatorParams, register
 from spark_ops.operators.regex import check_java_regex
+from spark_ops.operators.repetition import repetition_udf
 
 # Whitespace, Unicode separators and invisible format characters (zero-width space, BOM, ...).
 BLANK = r"^[\s\p{Z}\p{Cf}]*$"
@@ -264,49 +266,8 @@ class GarbledRatioFilter(_RatioFilter):
         return _ratio(garbled, _nonspace(text))
 
 
-def _ngrams(tokens: Column, n: int) -> Column:
-    """The n-grams of a token array, each joined with spaces; empty when there are fewer than n tokens."""
-    # sequence(0, -1) would count down, so short arrays must not reach it.
-    grams = F.transform(
-        F.sequence(F.lit(0), F.size(tokens) - n), lambda i: F.array_join(F.slice(tokens, i + 1, n), " ")
-    )
-    return F.when(F.size(tokens) >= n, grams).otherwise(F.array().cast("array<string>"))
-
-
-def _top_count(values: Column) -> Column:
-    """(count, value) of the most frequent element, with one sort and one pass (no explode, no shuffle)."""
-    init = F.struct(
-        F.lit(None).cast("string").alias("prev"),
-        F.lit(0).alias("run"),
-        F.lit(0).alias("best"),
-        F.lit(None).cast("string").alias("top"),
-    )
-
-    def step(acc: Column, x: Column) -> Column:
-        run = F.when(x == acc["prev"], acc["run"] + 1).otherwise(F.lit(1))
-        better = run > acc["best"]
-        return F.struct(
-            x.alias("prev"),
-            run.alias("run"),
-            F.greatest(acc["best"], run).alias("best"),
-            F.when(better, x).otherwise(acc["top"]).alias("top"),
-        )
-
-    return F.aggregate(F.array_sort(values), init, step)
-
-
-def _dup_fraction(items: Column) -> Column:
-    """Share of items that repeat an earlier one."""
-    return _ratio(F.size(items) - F.size(F.array_distinct(items)), F.size(items))
-
-
-def _dup_char_fraction(items: Column) -> Column:
-    """Share of characters in items that repeat an earlier one."""
-
-    def chars(a: Column) -> Column:
-        return F.aggregate(a, F.lit(0).cast("long"), lambda acc, s: acc + F.length(s))
-
-    return _ratio(chars(items) - chars(F.array_distinct(items)), chars(items))
+# The column RepetitionFilter.annotate adds for its own use (dropped again before it returns).
+_REP = "_repetition"
 
 
 @register
@@ -316,14 +277,19 @@ class RepetitionFilter(Filter):
 
     Tokens are words for Latin text and single characters for CJK text (no segmenter). The repeated-n-gram
     rule counts n-gram occurrences that repeat an earlier one, a cheaper stand-in for Gopher's share of
-    characters covered by repeated n-grams. Set a threshold to null to skip that rule.
+    characters covered by repeated n-grams. Set a line/paragraph threshold to null, or leave an n out of a
+    mapping, to skip that rule. The reason a record is dropped names every rule it fails, with its value.
 
-    Known cost: the n-gram rules build every n-gram with Spark higher-order functions, which are not
-    code-generated; on 2 cores they took minutes for 2,000 documents of ~1,000 characters. The saved recipes
-    leave this filter out until it is rewritten (hashing n-grams, or one vectorised pass).
+    The checked columns are joined in the JVM; every fraction is then computed in one Arrow UDF call per
+    batch (``spark_ops.operators.repetition``: Arrow compute, integer ids and numpy, no Python object per
+    token), at thousands of documents per second per core (benchmarks/bench_repetition_filter.py).
     """
 
     name = "repetition_filter"
+
+    @property
+    def fusable(self) -> bool:
+        return False  # an Arrow UDF: runs as a step of its own (see Operator.fusable)
 
     class Params(OperatorParams):
         max_dup_line_frac: float | None = Field(
@@ -366,37 +332,44 @@ class RepetitionFilter(Filter):
 
     params: Params
 
-    def _checks(self, df: DataFrame, ctx: OperatorContext) -> list[tuple[str, Column, float]]:
+    def _rules(self) -> list[tuple[str, str, float]]:
+        """(measure field, label in the drop reason, threshold) of every rule that is on."""
         p = self.params
-        text = _joined(df, self.columns(ctx))
-        lines = F.filter(F.split(text, r"\n"), lambda s: F.trim(s) != "")
-        paras = F.filter(F.split(text, r"\n\s*\n"), lambda s: F.trim(s) != "")
-        checks: list[tuple[str, Column, float | None]] = [
-            ("duplicate lines", _dup_fraction(lines), p.max_dup_line_frac),
-            ("duplicate paragraphs", _dup_fraction(paras), p.max_dup_para_frac),
-            ("duplicate line characters", _dup_char_fraction(lines), p.max_dup_line_char_frac),
-            ("duplicate paragraph characters", _dup_char_fraction(paras), p.max_dup_para_char_frac),
+        rules: list[tuple[str, str, float | None]] = [
+            ("dup_line", "duplicate lines", p.max_dup_line_frac),
+            ("dup_para", "duplicate paragraphs", p.max_dup_para_frac),
+            ("dup_line_char", "duplicate line characters", p.max_dup_line_char_frac),
+            ("dup_para_char", "duplicate paragraph characters", p.max_dup_para_char_frac),
         ]
-        tokens = F.regexp_extract_all(text, F.lit(f"({TOKEN})"), 1)
-        enough = F.size(tokens) >= p.min_tokens
-        total = F.aggregate(tokens, F.lit(0).cast("long"), lambda acc, s: acc + F.length(s))
-        for n, limit in sorted(p.top_ngram_max_char_frac.items()):
-            top = _top_count(_ngrams(tokens, n))
-            chars = F.length(F.regexp_replace(F.coalesce(top["top"], F.lit("")), " ", "")) * top["best"]
-            frac = F.when(enough & (top["best"] > 1), _ratio(chars, total)).otherwise(F.lit(0.0))
-            checks.append((f"top {n}-gram characters", frac, limit))
-        for n, limit in sorted(p.dup_ngram_max_frac.items()):
-            frac = F.when(enough, _dup_fraction(_ngrams(tokens, n))).otherwise(F.lit(0.0))
-            checks.append((f"repeated {n}-grams", frac, limit))
-        return [(label, value, limit) for label, value, limit in checks if limit is not None]
+        rules += [
+            (f"top_{n}", f"top {n}-gram characters", f) for n, f in sorted(p.top_ngram_max_char_frac.items())
+        ]
+        rules += [(f"dup_{n}", f"repeated {n}-grams", f) for n, f in sorted(p.dup_ngram_max_frac.items())]
+        return [(field, label, limit) for field, label, limit in rules if limit is not None]
+
+    def _measure(self, text: Column) -> Column:
+        """The struct of every fraction, for a text column (one Arrow UDF call per batch)."""
+        p = self.params
+        udf = repetition_udf(p.top_ngram_max_char_frac, p.dup_ngram_max_frac, p.min_tokens)
+        return udf(text)
+
+    def _measures(self, df: DataFrame, ctx: OperatorContext) -> Column:
+        # annotate computes the struct once as a column; keep() / note() called on their own compute it inline.
+        return F.col(_REP) if _REP in df.columns else self._measure(_joined(df, self.columns(ctx)))
+
+    def annotate(self, df: DataFrame, ctx: OperatorContext) -> DataFrame:
+        measured = df.withColumn(_REP, self._measure(_joined(df, self.columns(ctx))))
+        return super().annotate(measured, ctx).drop(_REP)
 
     def keep(self, df: DataFrame, ctx: OperatorContext) -> Column:
-        return reduce(lambda a, b: a & b, [v <= lim for _, v, lim in self._checks(df, ctx)], F.lit(True))
+        m = self._measures(df, ctx)
+        return reduce(lambda a, b: a & b, [m[field] <= lim for field, _, lim in self._rules()], F.lit(True))
 
     def note(self, df: DataFrame, ctx: OperatorContext) -> Column:
+        m = self._measures(df, ctx)
         parts = [
-            F.when(v > lim, F.concat(F.lit(f"{label} "), _fmt(v), F.lit(f" > {lim}")))
-            for label, v, lim in self._checks(df, ctx)
+            F.when(m[field] > lim, F.concat(F.lit(f"{label} "), _fmt(m[field]), F.lit(f" > {lim}")))
+            for field, label, lim in self._rules()
         ]
         return F.concat_ws("; ", *parts) if parts else F.lit("")
 
