@@ -282,7 +282,8 @@ class RepetitionFilter(Filter):
 
     The checked columns are joined in the JVM; every fraction is then computed in one Arrow UDF call per
     batch (``spark_ops.operators.repetition``: Arrow compute, integer ids and numpy, no Python object per
-    token), at thousands of documents per second per core (benchmarks/bench_repetition_filter.py).
+    token): about 10,000 documents of ~1,000 characters per second per core for the measures themselves;
+    end-to-end figures in benchmarks/RESULTS.md (benchmarks/bench_repetition_filter.py).
     """
 
     name = "repetition_filter"
