@@ -81,12 +81,6 @@ def shingle_hashes(text: Column, cjk_ngram: int, word_ngram: int) -> Column:
     )
 
 
-def jaccard(a: Column, b: Column) -> Column:
-    """Exact Jaccard similarity of two arrays of distinct values."""
-    inter = F.size(F.array_intersect(a, b))
-    return inter / (F.size(a) + F.size(b) - inter)
-
-
 def _minhash_keys(text_col: int, cjk_ngram: int, word_ngram: int, bands: int, rows: int, seed: int) -> Any:
     """The ``mapInArrow`` function: (node, ..., text) batches -> (node, band key) rows, one per band."""
 
