@@ -151,6 +151,11 @@ class Mapper(Operator):
         """An optional picklable ``str -> str`` function applied after ``rewrite``; None: Spark SQL only."""
         return None
 
+    @property
+    def fusable(self) -> bool:
+        # A python_rewrite is a pandas UDF in the plan: such a step runs alone (see Operator.fusable).
+        return self.row_local and self.python_rewrite() is None
+
     def annotate(self, df: DataFrame, ctx: OperatorContext) -> DataFrame:
         types = {f.name: f.dataType for f in df.schema.fields}
         out = df.withColumns({c: map_text(c, types[c], self.rewrite) for c in self.columns(ctx)})

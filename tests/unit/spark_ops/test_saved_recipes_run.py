@@ -30,20 +30,7 @@ SFT_RECIPES = {"sft_clean"}
 BUDGET_S = 240
 
 
-# web_text does not finish planning in minutes (Spark renders ever larger expression strings; seen before the
-# pipeline fused steps as well). Known open problem, tracked in the issue notes; not run until fixed.
-KNOWN_BROKEN = {"web_text": "planning does not finish in minutes (Expression.toString on the plan)"}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN_BROKEN[n], run=False))
-        if n in KNOWN_BROKEN
-        else n
-        for n in recipe_names()
-    ],
-)
+@pytest.mark.parametrize("name", recipe_names())
 def test_saved_recipe_runs(spark: SparkSession, name: str) -> None:
     usage = "sft" if name in SFT_RECIPES else "pretrain"
     if usage == "sft":
