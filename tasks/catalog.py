@@ -50,6 +50,10 @@ ALLOWED_USAGE: dict[str, tuple[str, ...]] = {
 }
 
 
+VERSION_ATTRS = ("note", "tags", "source", "language", "licence", "tokenizer", "visibility", "quality")
+VISIBILITIES = ("private", "public")
+
+
 class CatalogError(ValueError):
     """A catalogue request that cannot be satisfied; the message says what and how to fix it."""
 
@@ -115,6 +119,16 @@ class DatasetVersion(Base):
     code_version: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # 0002: what the version is, how its tokens were counted, its quality gate and its publication
+    note: Mapped[str] = mapped_column(Text, default="")
+    tags: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True, default=list)
+    source: Mapped[str] = mapped_column(Text, default="")
+    language: Mapped[str] = mapped_column(String(32), default="")
+    licence: Mapped[str] = mapped_column(String(128), default="")
+    tokenizer: Mapped[str] = mapped_column(String(256), default="")
+    quality: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    visibility: Mapped[str] = mapped_column(String(16), default="private")
+    publication: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     dataset: Mapped[Dataset] = relationship()
 
@@ -142,6 +156,17 @@ class VersionInfo:
     code_version: str = ""
     created_at: str = ""
     published_at: str | None = None
+    modality: str = "text"
+    labelled: bool = True
+    note: str = ""
+    tags: list[str] = field(default_factory=list)
+    source: str = ""
+    language: str = ""
+    licence: str = ""
+    tokenizer: str = ""
+    quality: dict[str, Any] | None = None
+    visibility: str = "private"
+    publication: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,6 +194,17 @@ def _info(v: DatasetVersion) -> VersionInfo:
         code_version=v.code_version,
         created_at=_iso(v.created_at) or "",
         published_at=_iso(v.published_at),
+        modality=v.modality,
+        labelled=v.labelled,
+        note=v.note or "",
+        tags=list(v.tags or []),
+        source=v.source or "",
+        language=v.language or "",
+        licence=v.licence or "",
+        tokenizer=v.tokenizer or "",
+        quality=dict(v.quality) if v.quality else None,
+        visibility=v.visibility or "private",
+        publication=dict(v.publication) if v.publication else None,
     )
 
 
@@ -294,10 +330,21 @@ class Catalog:
         modality: str = "text",
         labelled: bool = True,
         status: str = "ready",
+        **attrs: Any,
     ) -> VersionInfo:
-        """Make a written version visible as the next number; idempotent per ``run_key``."""
+        """Make a written version visible as the next number; idempotent per ``run_key``.
+
+        ``attrs``: the descriptive attributes of VERSION_ATTRS (note, tags, source, language, licence,
+        tokenizer, visibility, quality)."""
         if usage not in USAGES:
             raise CatalogError(f"usage {usage!r} is not one of {', '.join(USAGES)}")
+        unknown = set(attrs) - set(VERSION_ATTRS)
+        if unknown:
+            raise CatalogError(
+                f"unknown version attributes {sorted(unknown)}; known: {', '.join(VERSION_ATTRS)}"
+            )
+        if attrs.get("visibility", "private") not in VISIBILITIES:
+            raise CatalogError(f"visibility {attrs['visibility']!r} is not one of {', '.join(VISIBILITIES)}")
         for attempt in range(20):
             try:
                 with self._session.begin() as s:
@@ -334,6 +381,7 @@ class Catalog:
                         stats=stats or {},
                         code_version=code_version,
                         published_at=now() if status == "published" else None,
+                        **attrs,
                     )
                     s.add(v)
                     s.flush()
