@@ -289,6 +289,35 @@ class Catalog:
         with self._session() as s:
             return self._dataset(s, scene, name, required=False) is not None
 
+    def get_dataset(self, scene: str, name: str) -> dict[str, Any]:
+        """A dataset's attributes (the error names the dataset when it does not exist)."""
+        with self._session() as s:
+            ds = self._dataset(s, scene, name)
+            assert ds is not None
+            return {
+                "scene": ds.scene.name,
+                "name": ds.name,
+                "ref": f"{ds.scene.name}/{ds.name}",
+                "note": ds.note,
+                "tags": list(ds.tags or []),
+                "language": ds.language,
+                "licence": ds.licence,
+                "source": ds.source,
+                "created_at": _iso(ds.created_at),
+            }
+
+    def find_version(self, scene: str, name: str, run_key: str) -> VersionInfo | None:
+        """The version a writer run committed, if it did (retries look here before redoing work)."""
+        with self._session() as s:
+            ds = self._dataset(s, scene, name)
+            assert ds is not None
+            v = s.scalar(
+                select(DatasetVersion).where(
+                    DatasetVersion.dataset_id == ds.id, DatasetVersion.run_key == run_key
+                )
+            )
+            return _info(v) if v is not None else None
+
     def list_datasets(self) -> list[dict[str, Any]]:
         with self._session() as s:
             rows = s.execute(

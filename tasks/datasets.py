@@ -1,0 +1,318 @@
+"""The dataset lifecycle behind ``forgeflow dataset ...`` and the data DAGs: create, import, show, preview,
+lineage. Plain functions returning JSON-ready dicts; the command line prints them, the DAG tasks return them.
+
+An import runs the Spark engine (``spark_ops.run``) in this process on the file, writing a version
+directory of its own in the lake, then commits it to the catalogue in one transaction: the version
+number is only taken at the commit, so concurrent importers into one dataset never collide and a failed
+import leaves no version behind (only its directory, which no catalogue row points at).
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from tasks.catalog import Catalog, CatalogError, VersionInfo, parse_ref
+from tasks.records import DATA_DIR, MANIFEST
+from tasks.specs import InputSource, ProcessSpec, check_name
+from tasks.storage import Lake, local_path, to_uri
+from tasks.version import code_version
+
+DEFAULT_IMPORT_RECIPE = "import-only"
+PREVIEW_LIMIT = 100
+
+
+def dataset_ref(ref: str) -> tuple[str, str]:
+    """``SCENE/NAME`` (no version) → (scene, name), with the naming rule checked."""
+    scene, name, sel = parse_ref(ref)
+    if sel is not None:
+        raise CatalogError(f"{ref!r} names a version; give the dataset as SCENE/NAME")
+    check_name(scene, "scene")
+    check_name(name, "dataset name")
+    return scene, name
+
+
+def create(
+    ref: str,
+    *,
+    note: str = "",
+    tags: list[str] | None = None,
+    language: str = "",
+    licence: str = "",
+    source: str = "",
+    catalog: Catalog | None = None,
+) -> dict[str, Any]:
+    """Create a dataset (and its scene when new); an existing dataset is an error."""
+    scene, name = dataset_ref(ref)
+    cat = catalog or Catalog.from_settings()
+    cat.create_dataset(
+        scene, name, note=note, tags=list(tags or []), language=language, licence=licence, source=source
+    )
+    return cat.get_dataset(scene, name)
+
+
+def _char_count(manifest: dict[str, Any]) -> int | None:
+    per_column = manifest.get("chars") or {}
+    sums = [
+        c.get("sum")
+        for k, c in per_column.items()
+        if k != "record" and isinstance(c, dict) and c.get("sum") is not None
+    ]
+    return int(sum(sums)) if sums else None
+
+
+def _dir_size(lake: Lake, uri: str) -> int | None:
+    if not uri.startswith("file:"):
+        return None
+    root = local_path(uri)
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.exists() else None
+
+
+def commit_from_manifest(
+    cat: Catalog,
+    scene: str,
+    name: str,
+    *,
+    run_key: str,
+    output_uri: str,
+    usage: str,
+    recipe: list[Any],
+    parents: list[str] | None = None,
+    lake: Lake | None = None,
+    **attrs: Any,
+) -> VersionInfo:
+    """Register a finished engine output (its manifest.json is the completion marker) as the next version."""
+    lake = lake or Lake.from_settings()
+    manifest_uri = f"{output_uri}/{MANIFEST}"
+    if not lake.exists(manifest_uri):
+        raise CatalogError(f"{output_uri} has no {MANIFEST}: the engine did not finish; nothing to commit")
+    manifest = lake.read_json(manifest_uri)
+    if manifest.get("run_key") != run_key:
+        raise CatalogError(f"{output_uri} was written by run {manifest.get('run_key')!r}, not {run_key!r}")
+    return cat.commit_version(
+        scene,
+        name,
+        run_key=run_key,
+        uri=output_uri,
+        usage=usage,
+        record_count=int(manifest["records_out"]),
+        quarantined_count=int(manifest.get("quarantined", 0)),
+        char_count=_char_count(manifest),
+        size_bytes=_dir_size(lake, f"{output_uri}/{DATA_DIR}"),
+        parents=parents or [],
+        recipe=recipe,
+        stats={
+            "records_in": manifest.get("records_in"),
+            "accepted": manifest.get("accepted"),
+            "quarantined": manifest.get("quarantined"),
+            "dropped": manifest.get("dropped"),
+            "inputs": manifest.get("inputs", []),
+            "operators": manifest.get("operators", []),
+            "quarantine_file": (manifest.get("files") or {}).get("quarantine"),
+        },
+        code_version=manifest.get("code_version") or code_version(),
+        **attrs,
+    )
+
+
+def import_file(
+    ref: str,
+    path: str,
+    *,
+    usage: str,
+    fmt: str = "auto",
+    recipe: str = DEFAULT_IMPORT_RECIPE,
+    source_label: str | None = None,
+    field_map: dict[str, str] | None = None,
+    max_reject_ratio: float = 0.1,
+    note: str = "",
+    tags: list[str] | None = None,
+    run_key: str | None = None,
+    catalog: Catalog | None = None,
+) -> dict[str, Any]:
+    """Import a file or directory as the next version of an existing dataset; returns the version.
+
+    ``run_key`` makes a retry idempotent (same key: the committed version is returned, nothing re-run)."""
+    from spark_ops.run import run
+    from tasks.data import version_uri
+    from tasks.recipes import load_recipe
+
+    scene, name = dataset_ref(ref)
+    cat = catalog or Catalog.from_settings()
+    if not cat.dataset_exists(scene, name):
+        raise CatalogError(
+            f"dataset {scene}/{name} does not exist; create it with: forgeflow dataset create {scene}/{name}"
+        )
+    src = Path(path)
+    if "://" not in path and not src.exists():
+        raise FileNotFoundError(f"input {path} does not exist")
+    run_key = run_key or f"import-{uuid.uuid4().hex[:16]}"
+    existing = cat.find_version(scene, name, run_key)
+    if existing is not None:
+        return _version_summary(existing)
+    lake = Lake.from_settings()
+    steps = load_recipe(recipe)  # a bad recipe fails before Spark starts
+    spec = ProcessSpec(
+        run_key=run_key,
+        inputs=[
+            InputSource(
+                uri=path if "://" in path else to_uri(src.resolve()),
+                format=fmt,
+                source=source_label,
+                field_map=field_map or {},
+            )
+        ],
+        usage=usage,
+        operators=steps,
+        output_uri=version_uri(scene, name, run_key, lake),
+        max_reject_ratio=max_reject_ratio,
+    )
+    run(spec)
+    info = commit_from_manifest(
+        cat,
+        scene,
+        name,
+        run_key=run_key,
+        output_uri=spec.output_uri,
+        usage=usage,
+        recipe=[s.model_dump() for s in steps],
+        lake=lake,
+        note=note,
+        tags=list(tags or []),
+        source=path,
+    )
+    return _version_summary(info)
+
+
+def _version_summary(info: VersionInfo) -> dict[str, Any]:
+    out = info.to_dict()
+    qfile = (info.stats or {}).get("quarantine_file")
+    out["accepted"] = (info.stats or {}).get("accepted", info.record_count)
+    out["quarantine_uri"] = f"{info.uri}/{qfile}" if qfile else None
+    return out
+
+
+def show(ref: str, catalog: Catalog | None = None) -> dict[str, Any]:
+    """A dataset (``SCENE/NAME``: attributes and its versions) or one version (``SCENE/NAME@Vn``)."""
+    cat = catalog or Catalog.from_settings()
+    scene, name, sel = parse_ref(ref)
+    if sel is None:
+        ds = cat.get_dataset(scene, name)
+        ds["versions"] = [_version_summary(v) for v in cat.list_versions(scene, name)]
+        return ds
+    return _version_summary(cat.get_version(ref))
+
+
+def list_datasets(scene: str | None = None, catalog: Catalog | None = None) -> list[dict[str, Any]]:
+    cat = catalog or Catalog.from_settings()
+    rows = cat.list_datasets()
+    return [r for r in rows if scene is None or r["scene"] == scene.lower()]
+
+
+def preview(ref: str, limit: int = 5, catalog: Catalog | None = None) -> dict[str, Any]:
+    """The first ``limit`` records of a version (input order), read straight from its Parquet files."""
+    import pyarrow.parquet as pq
+
+    if not 1 <= limit <= PREVIEW_LIMIT:
+        raise ValueError(f"limit must be between 1 and {PREVIEW_LIMIT}; got {limit}")
+    cat = catalog or Catalog.from_settings()
+    info = cat.get_version(ref)
+    lake = Lake.from_settings()
+    records: list[dict[str, Any]] = []
+    for uri in sorted(lake.list(f"{info.uri}/{DATA_DIR}")):
+        if not uri.endswith(".parquet"):
+            continue
+        with lake.fetch(uri) as local:
+            table = pq.read_table(local)
+        records.extend(table.slice(0, limit - len(records)).to_pylist())
+        if len(records) >= limit:
+            break
+    quarantined: list[dict[str, Any]] = []
+    qfile = (info.stats or {}).get("quarantine_file")
+    if qfile and lake.exists(f"{info.uri}/{qfile}"):
+        import json
+
+        lines = lake.read_text(f"{info.uri}/{qfile}").splitlines()
+        quarantined = [json.loads(line) for line in lines[:limit] if line.strip()]
+    return {
+        "ref": info.ref,
+        "record_count": info.record_count,
+        "records": records,
+        "quarantined": quarantined,
+    }
+
+
+def lineage(ref: str, catalog: Catalog | None = None) -> dict[str, Any]:
+    """The chain of a version: itself, then its parents recursively (each with recipe, operator counts and
+    code version). Cycles cannot exist (a parent is committed before its child) but are guarded anyway."""
+    cat = catalog or Catalog.from_settings()
+    seen: set[str] = set()
+
+    def node(r: str) -> dict[str, Any]:
+        info = cat.get_version(r)
+        entry: dict[str, Any] = {
+            "ref": info.ref,
+            "usage": info.usage,
+            "status": info.status,
+            "records": info.record_count,
+            "quarantined": info.quarantined_count,
+            "source": info.source,
+            "recipe": [s.get("name") for s in info.recipe],
+            "operators": [
+                {k: op.get(k) for k in ("name", "kept", "dropped", "modified")}
+                for op in (info.stats or {}).get("operators", [])
+            ],
+            "mix": (info.stats or {}).get("mix"),
+            "code_version": info.code_version,
+            "created_at": info.created_at,
+            "parents": [],
+        }
+        if info.ref in seen:
+            entry["cycle"] = True
+            return entry
+        seen.add(info.ref)
+        entry["parents"] = [node(p) for p in info.parents]
+        return entry
+
+    return node(ref)
+
+
+def format_lineage(tree: dict[str, Any]) -> str:
+    """The lineage as an indented chain, newest first."""
+    lines: list[str] = []
+
+    def walk(n: dict[str, Any], depth: int) -> None:
+        pad = "  " * depth + ("<- " if depth else "")
+        recipe = " > ".join(n["recipe"]) or "(import only)"
+        lines.append(
+            f"{pad}{n['ref']}  [{n['usage']}, {n['status']}]  {n['records']} records"
+            + (f", {n['quarantined']} quarantined" if n["quarantined"] else "")
+        )
+        lines.append(f"{'  ' * depth}   recipe: {recipe}   code {n['code_version']}   {n['created_at']}")
+        if n.get("source"):
+            lines.append(f"{'  ' * depth}   source: {n['source']}")
+        for op in n["operators"]:
+            if op.get("dropped") or op.get("modified"):
+                lines.append(
+                    f"{'  ' * depth}     {op['name']}: kept {op['kept']}, dropped {op['dropped']}, "
+                    f"modified {op['modified']}"
+                )
+        for p in n["parents"]:
+            walk(p, depth + 1)
+
+    walk(tree, 0)
+    return "\n".join(lines)
+
+
+__all__ = [
+    "commit_from_manifest",
+    "create",
+    "dataset_ref",
+    "format_lineage",
+    "import_file",
+    "lineage",
+    "list_datasets",
+    "preview",
+    "show",
+]
