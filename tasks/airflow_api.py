@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 TERMINAL = {"success", "failed"}
+HITL_SETTLE_S = 3.0
 
 
 class AirflowApiError(RuntimeError):
@@ -80,6 +81,10 @@ class AirflowClient:
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         return self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
 
+    def task_state(self, dag_id: str, run_id: str, task_id: str) -> str | None:
+        ti = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}")
+        return ti.get("state")
+
     def wait(self, dag_id: str, run_id: str, timeout_s: float = 1800, on_poll=None) -> dict[str, Any]:
         """Wait for a run to finish; a failed run raises with the failed tasks and their log tails."""
         deadline = time.monotonic() + timeout_s
@@ -146,13 +151,36 @@ class AirflowClient:
             json={"chosen_options": options, "params_input": params_input or {}},
         )
 
+    def approve(
+        self, dag_id: str, run_id: str, task_id: str, options: list[str], timeout_s: float = 1800
+    ) -> dict[str, Any]:
+        """Respond to a HITL task and wait for the run to finish; answers again if the gate asks again.
+
+        Airflow can put a just-answered HITL task up for retry (a race between the executor's report of
+        the paused try and the response); the retry asks anew, and an unanswered gate would hold the run
+        until its timeout. Each new question is answered once with the same options."""
+        self.respond(dag_id, run_id, task_id, options)
+
+        def reask(_run: dict[str, Any]) -> None:
+            if self.task_state(dag_id, run_id, task_id) != "awaiting_input":
+                return
+            detail = self.hitl_detail(dag_id, run_id, task_id)
+            if detail is not None and not detail.get("response_received"):
+                time.sleep(HITL_SETTLE_S)
+                self.respond(dag_id, run_id, task_id, options)
+
+        return self.wait(dag_id, run_id, timeout_s=timeout_s, on_poll=reask)
+
     def wait_for_hitl(self, dag_id: str, run_id: str, task_id: str, timeout_s: float = 600) -> dict[str, Any]:
         """Wait until the approval task asks for a response (the run must not end before)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             detail = self.hitl_detail(dag_id, run_id, task_id)
-            if detail is not None:
-                return detail
+            if detail is not None and self.task_state(dag_id, run_id, task_id) == "awaiting_input":
+                # Let the executor report the paused try first: a response within a second of the pause
+                # races the scheduler (it then marks the task for retry and the retry asks again).
+                time.sleep(HITL_SETTLE_S)
+                return self.hitl_detail(dag_id, run_id, task_id) or detail
             run = self.run(dag_id, run_id)
             if run["state"] in TERMINAL:
                 raise AirflowApiError(

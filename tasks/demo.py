@@ -127,9 +127,9 @@ def run_chain(api: AirflowClient, reviewer: AirflowClient, max_eval_samples: int
     serve_run = api.trigger("model_serve", {"model": chat["model_ref"], "service_name": "tiny-chat"})
     detail = api.wait_for_hitl("model_serve", serve_run, "approve_deployment")
     say(f"  the gate asks: {detail.get('subject')}")
-    reviewer.respond("model_serve", serve_run, "approve_deployment", ["Approve"])
-    say(f"  approved by '{reviewer.username}' through the REST API")
-    served = finish(api, "model_serve", serve_run, "smoke_test")
+    say(f"  approving as '{reviewer.username}' through the REST API ...")
+    reviewer.approve("model_serve", serve_run, "approve_deployment", ["Approve"])
+    served = api.xcom("model_serve", serve_run, "smoke_test")
     return {
         "corpus": corpus,
         "evalset": evalset,
