@@ -16,7 +16,8 @@ import time
 from contextlib import ExitStack
 from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark import SparkContext
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from spark_ops import manifest as mf
@@ -146,7 +147,9 @@ def run(spec: ProcessSpec, export: Export | None = None) -> dict[str, Any]:
         ]
         t = time.monotonic()
         master = get_settings().spark_master
-        owned = SparkSession.getActiveSession() is None
+        # Any context already running in this process (a test, a notebook, concurrent importers on threads,
+        # whose JVM threads see no "active" session) stays its owner's to stop.
+        owned = SparkContext._active_spark_context is None
         spark = build_session(spec.spark, f"forgeflow-process-{slug(spec.run_key)}", master)
         if owned:  # a session someone else started (a test, a notebook) stays theirs to stop
             stack.callback(spark.stop)

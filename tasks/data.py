@@ -11,7 +11,6 @@ from tasks.runners import prepare, read_result
 from tasks.settings import PROJECT_ROOT, get_settings
 from tasks.specs import InputSource, ProcessSpec, SparkResources, slug
 from tasks.storage import Lake, to_uri
-from tasks.version import code_version
 
 SHARED_PREFIX = "shared://"
 
@@ -73,47 +72,29 @@ def commit_processed(
     spec_uri: str, params: dict[str, Any], parents: list[str] | None = None
 ) -> dict[str, Any]:
     """Make the engine's output a catalogue version (idempotent for the run)."""
+    from tasks.datasets import commit_from_manifest
+
     lake = Lake.from_settings()
-    result = read_result(spec_uri, lake)
+    read_result(spec_uri, lake)  # raises with the engine's error when it did not succeed
     spec = ProcessSpec.model_validate(lake.read_json(spec_uri))
-    manifest = lake.read_json(result["manifest_uri"])
-    size = (
-        sum(_size(u) for u in lake.list(spec.output_uri + "/data"))
-        if spec.output_uri.startswith("file")
-        else None
-    )
     cat = Catalog.from_settings()
     cat.ensure_dataset(params["scene"], params["dataset"], note=params.get("note") or "")
-    info = cat.commit_version(
+    sources = params["source"] if isinstance(params["source"], list) else [params["source"]]
+    info = commit_from_manifest(
+        cat,
         params["scene"],
         params["dataset"],
         run_key=spec.run_key,
-        uri=spec.output_uri,
+        output_uri=spec.output_uri,
         usage=spec.usage,
-        record_count=int(result["records_out"]),
-        quarantined_count=int(result.get("quarantined", 0)),
-        char_count=_char_count(manifest),
-        size_bytes=size,
-        parents=parents or [],
         recipe=[op.model_dump() for op in spec.operators],
-        stats={"records_in": result.get("records_in"), "operators": result.get("operators", [])},
-        code_version=manifest.get("code_version") or code_version(),
+        parents=parents or [],
+        lake=lake,
+        note=params.get("note") or "",
+        source=", ".join(s if isinstance(s, str) else str(s.get("uri")) for s in sources),
     )
     return {**info.to_dict(), "result_uri": result_uri_for(spec_uri)}
 
 
 def publish(ref: str) -> dict[str, Any]:
     return Catalog.from_settings().publish(ref).to_dict()
-
-
-def _size(uri: str) -> int:
-    from tasks.storage import local_path
-
-    return local_path(uri).stat().st_size
-
-
-def _char_count(manifest: dict[str, Any]) -> int | None:
-    """Characters over all text columns (the manifest keeps a summary per column)."""
-    per_column = manifest.get("chars") or {}
-    sums = [c.get("sum") for c in per_column.values() if isinstance(c, dict) and c.get("sum") is not None]
-    return int(sum(sums)) if sums else None

@@ -6,7 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from tasks.catalog import Catalog, CatalogError
-from tasks.data import _char_count, build_process_spec, input_source, resolve_source
+from tasks.data import build_process_spec, input_source, resolve_source
+from tasks.datasets import _char_count
 from tasks.engine import load_spec
 from tasks.specs import ProcessSpec, TrainSpec
 from tasks.training import build_train_spec, dataset_from_trigger, health_check
