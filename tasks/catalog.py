@@ -50,6 +50,8 @@ ALLOWED_USAGE: dict[str, tuple[str, ...]] = {
 }
 
 
+# Modalities each consumer takes (text unless listed): the trainers and evaluators read text records.
+CONSUMER_MODALITIES: dict[str, tuple[str, ...]] = {}
 VERSION_ATTRS = ("note", "tags", "source", "language", "licence", "tokenizer", "visibility", "quality")
 VISIBILITIES = ("private", "public")
 
@@ -483,6 +485,11 @@ class Catalog:
         if info.usage not in allowed:
             raise CatalogError(
                 f"{info.ref} has usage {info.usage!r}; {consumer} can only use {' or '.join(allowed)} data"
+            )
+        modalities = CONSUMER_MODALITIES.get(consumer, ("text",))
+        if info.modality not in modalities:
+            raise CatalogError(
+                f"{info.ref} is {info.modality} data; {consumer} takes {' or '.join(modalities)} data only"
             )
         if info.status != "published":
             raise CatalogError(f"{info.ref} is not published; publish it before using it for {consumer}")

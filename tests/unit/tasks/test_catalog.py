@@ -51,6 +51,16 @@ def test_usage_and_publication_gate_selection(cat):
         cat.select_for("general/alpaca-zh@V1", "evaluate")
 
 
+def test_image_data_is_not_selectable_for_text_training(cat):
+    cat.ensure_dataset("general", "vqa")
+    cat.commit_version(
+        "general", "vqa", run_key="v1", uri="file:///x", usage="sft", record_count=3, modality="image"
+    )
+    cat.publish("general/vqa@V1")
+    with pytest.raises(CatalogError, match="is image data; sft_lora takes text data only"):
+        cat.select_for("general/vqa@V1", "sft_lora")
+
+
 def test_errors_name_the_problem(cat):
     with pytest.raises(CatalogError, match="does not exist"):
         cat.get_version("general/missing@V1")
