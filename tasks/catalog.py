@@ -455,8 +455,21 @@ class Catalog:
             ).all()
             return [_info(v) for v in rows]
 
-    def publish(self, ref: str) -> VersionInfo:
-        """Mark a version published (selectable for training). Publishing twice is a no-op."""
+    def publish(
+        self,
+        ref: str,
+        *,
+        publication: dict[str, Any] | None = None,
+        visibility: str | None = None,
+    ) -> VersionInfo:
+        """Mark a version published (selectable for training), in one transaction with what publishing
+        produced (``publication``: export format, splits, files) and its visibility.
+
+        Publishing a published version again is a no-op that returns it unchanged, so a retried task
+        publishes exactly once; a different publication of a published version is refused (versions are
+        immutable: publish the export as a new version instead)."""
+        if visibility is not None and visibility not in VISIBILITIES:
+            raise CatalogError(f"visibility {visibility!r} is not one of {', '.join(VISIBILITIES)}")
         info = self.get_version(ref)
         with self._session.begin() as s:
             v = s.scalar(
@@ -468,11 +481,25 @@ class Catalog:
                     Dataset.name == info.dataset,
                     DatasetVersion.number == info.number,
                 )
+                .with_for_update()
             )
             assert v is not None
-            if v.status != "published":
-                v.status = "published"
-                v.published_at = now()
+            if v.status == "published":
+                same = (publication is None or publication == v.publication) and (
+                    visibility is None or visibility == v.visibility
+                )
+                if not same:
+                    raise CatalogError(
+                        f"{info.ref} is already published ({(v.publication or {}).get('format', 'standard')}, "
+                        f"{v.visibility}); a published version does not change"
+                    )
+                return _info(v)
+            v.status = "published"
+            v.published_at = now()
+            if publication is not None:
+                v.publication = publication
+            if visibility is not None:
+                v.visibility = visibility
             s.flush()
             return _info(v)
 

@@ -85,3 +85,17 @@ def test_migrate_twice_is_a_no_op(cat):
     cat.migrate()
     cat.ensure_dataset("general", "x")
     assert cat.list_datasets()[0]["name"] == "x"
+
+
+def test_publish_records_the_publication_once(cat):
+    cat.ensure_dataset("general", "pub")
+    cat.commit_version("general", "pub", run_key="r", uri="file:///x", usage="sft", record_count=10)
+    publication = {"format": "openai", "splits": {"train": 9, "validation": 1}}
+    v = cat.publish("general/pub@V1", publication=publication, visibility="public")
+    assert v.status == "published" and v.publication == publication and v.visibility == "public"
+    again = cat.publish("general/pub@V1", publication=publication, visibility="public")  # a retry
+    assert again.published_at == v.published_at
+    with pytest.raises(CatalogError, match="already published"):
+        cat.publish("general/pub@V1", publication={"format": "sharegpt"})
+    with pytest.raises(CatalogError, match="visibility 'everyone'"):
+        cat.publish("general/pub@V1", visibility="everyone")
