@@ -138,6 +138,32 @@ def _shown(df: DataFrame, ctx: OperatorContext) -> tuple[str, ...]:
 # ------------------------------------------------------------------------------- steps needing the whole frame
 
 
+def _step_stats(
+    op: Operator,
+    index: int,
+    records_in: int,
+    dropped: int,
+    modified: int,
+    seconds: float,
+    samples: dict[str, list[dict[str, Any]]],
+    counters: dict[str, int],
+    segment: int,
+) -> StepStats:
+    return StepStats(
+        index=index,
+        name=op.name,
+        params=op.describe()["params"],
+        records_in=records_in,
+        kept=records_in - dropped,
+        dropped=dropped,
+        modified=modified,
+        seconds=seconds,
+        samples=samples,
+        counters=counters,
+        segment=segment,
+    )
+
+
 def run_step(
     df: DataFrame, op: Operator, ctx: OperatorContext, index: int, segment: int = 0
 ) -> tuple[DataFrame, DataFrame, StepStats]:
@@ -177,18 +203,16 @@ def run_step(
             _modified_sample(r["id"], {w: (r[before[w]], r[w]) for w in writes}) for r in row["_s_modified"]
         ]
     kept = ann.filter(F.col(KEEP)).drop(KEEP, NOTE, MODIFIED, "_dropped", *stats_cols, *before.values())
-    stats = StepStats(
-        index=index,
-        name=op.name,
-        params=op.describe()["params"],
-        records_in=n,
-        kept=n - dropped,
-        dropped=dropped,
-        modified=modified,
-        seconds=round(time.monotonic() - started, 3),
-        samples=samples,
-        counters={c[len(STAT) :]: int(row[c]) for c in stats_cols},
-        segment=segment,
+    stats = _step_stats(
+        op,
+        index,
+        n,
+        dropped,
+        modified,
+        round(time.monotonic() - started, 3),
+        samples,
+        {c[len(STAT) :]: int(row[c]) for c in stats_cols},
+        segment,
     )
     return kept, ann, stats
 
@@ -265,18 +289,16 @@ def run_segment(
     for j, op in enumerate(ops):
         dropped, modified = int(row[f"d{j}"]), int(row[f"m{j}"])
         steps.append(
-            StepStats(
-                index=first_index + j,
-                name=op.name,
-                params=op.describe()["params"],
-                records_in=records_in,
-                kept=records_in - dropped,
-                dropped=dropped,
-                modified=modified,
-                seconds=seconds,
-                samples=samples[j],
-                counters={c[len(_col(j, "s")) + 1 :]: int(row[c]) for c in stat_names[j]},
-                segment=segment,
+            _step_stats(
+                op,
+                first_index + j,
+                records_in,
+                dropped,
+                modified,
+                seconds,
+                samples[j],
+                {c[len(_col(j, "s")) + 1 :]: int(row[c]) for c in stat_names[j]},
+                segment,
             )
         )
         records_in -= dropped
