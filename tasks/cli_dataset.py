@@ -123,6 +123,8 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     from tasks import datasets
 
     tree = datasets.lineage(args.ref)
+    if args.models:
+        tree["models"] = datasets.models_trained_on(tree["ref"])
     _out(tree, args.json, datasets.format_lineage(tree))
     return 0
 
@@ -174,3 +176,4 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     c = cmd("lineage", "print the chain a version comes from: parents, recipes, operator counts", cmd_lineage)
     c.add_argument("ref", metavar="SCENE/NAME@Vn")
+    c.add_argument("--models", action="store_true", help="also list model versions trained on it (MLflow)")

@@ -278,6 +278,22 @@ def lineage(ref: str, catalog: Catalog | None = None) -> dict[str, Any]:
     return node(ref)
 
 
+def models_trained_on(ref: str) -> list[dict[str, Any]]:
+    """Registered model versions whose training run used ``ref`` (their ``dataset_ref`` tag, which the
+    trainer sets beside the MLflow dataset input)."""
+    from tasks.registry import client
+
+    versions = client().search_model_versions(f"tags.dataset_ref = '{ref}'")
+    return [
+        {
+            "model": f"models:/{mv.name}/{mv.version}",
+            "run_id": mv.run_id,
+            "method": (mv.tags or {}).get("method"),
+        }
+        for mv in sorted(versions, key=lambda m: (m.name, int(m.version)))
+    ]
+
+
 def format_lineage(tree: dict[str, Any]) -> str:
     """The lineage as an indented chain, newest first."""
     lines: list[str] = []
@@ -302,6 +318,8 @@ def format_lineage(tree: dict[str, Any]) -> str:
             walk(p, depth + 1)
 
     walk(tree, 0)
+    for m in tree.get("models") or []:
+        lines.append(f"-> {m['model']}  ({m['method']}, MLflow run {m['run_id']})")
     return "\n".join(lines)
 
 
@@ -313,6 +331,7 @@ __all__ = [
     "import_file",
     "lineage",
     "list_datasets",
+    "models_trained_on",
     "preview",
     "show",
 ]

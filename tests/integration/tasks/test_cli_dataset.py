@@ -189,3 +189,44 @@ def test_twenty_concurrent_importers_postgres(
     monkeypatch.setenv("FORGEFLOW_CATALOG_URL", pg_url)
     get_settings.cache_clear()
     _concurrent_imports(home, Catalog(pg_url))
+
+
+def test_lineage_walks_parents_and_finds_models(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tasks.registry import client
+
+    cat = Catalog.from_settings()
+    cat.ensure_dataset("general", "raw")
+    cat.ensure_dataset("general", "clean")
+    recipe = [{"name": "exact_dedupe", "params": {}}]
+    ops = [{"name": "exact_dedupe", "kept": 9, "dropped": 1, "modified": 0}]
+    cat.commit_version("general", "raw", run_key="a", uri="file:///a", usage="sft", record_count=10)
+    cat.commit_version(
+        "general",
+        "clean",
+        run_key="b",
+        uri="file:///b",
+        usage="sft",
+        record_count=9,
+        parents=["general/raw@V1"],
+        recipe=recipe,
+        stats={"operators": ops},
+    )
+    c = client()
+    c.create_registered_model("tiny-chat")
+    run = c.create_run(c.get_experiment_by_name("Default").experiment_id)
+    c.create_model_version(
+        "tiny-chat",
+        "file:///m",
+        run_id=run.info.run_id,
+        tags={"dataset_ref": "general/clean@V1", "method": "sft_lora"},
+    )
+
+    rc, out, err = cli(capsys, "dataset", "lineage", "general/clean@V1", "--models")
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("general/clean@V1  [sft, ready]  9 records")
+    assert "recipe: exact_dedupe" in lines[1] and "exact_dedupe: kept 9, dropped 1" in out
+    assert any(line.startswith("  <- general/raw@V1") for line in lines)
+    assert lines[-1].startswith("-> models:/tiny-chat/1  (sft_lora, MLflow run ")
+    tree = cli_json(capsys, "dataset", "lineage", "general/clean@V1")
+    assert tree["parents"][0]["ref"] == "general/raw@V1" and tree["parents"][0]["parents"] == []
