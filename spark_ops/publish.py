@@ -205,18 +205,29 @@ def _finished(lake: Lake, output_uri: str, spec: PublishSpec, fingerprint: str) 
     return done
 
 
+def _ours(rel: str) -> bool:
+    """A file name the publisher writes under an export."""
+    if rel == PUBLICATION:
+        return True
+    folder, _, file = rel.partition("/")
+    return folder in SPLITS and file.startswith("part-") and file.endswith(".jsonl")
+
+
 def _clear_leftovers(lake: Lake, output_uri: str) -> None:
     """Remove what killed attempts left: staging directories, and an s3 export that never got _SUCCESS."""
     parent, name = output_uri.rsplit("/", 1)
     if output_uri.startswith("s3://"):
-        for uri in lake.list(parent):
-            rel = uri[len(parent) + 1 :]
-            if rel.startswith(f".{name}.staging-"):
-                lake.delete(f"{parent}/{rel.split('/', 1)[0]}")
-        if lake.exists(output_uri):
-            if not lake.exists(f"{output_uri}/{PUBLICATION}"):
+        bucket, prefix = Lake._split(f"{parent}/.{name}.staging-")
+        stale = set()
+        for page in lake.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            stale.update(obj["Key"][len(prefix) :].split("/", 1)[0] for obj in page.get("Contents", []))
+        for suffix in sorted(stale):
+            lake.delete(f"{parent}/.{name}.staging-{suffix}")
+        left = [u[len(output_uri) + 1 :] for u in lake.list(output_uri)]
+        if left:  # a copy into place that was cut short: only our own names, and no _SUCCESS
+            if not all(_ours(rel) for rel in left):
                 raise OutputConflict(
-                    f"{output_uri} exists and is not a Forgeflow export; choose another output_uri"
+                    f"{output_uri} holds files that are not a Forgeflow export; choose another output_uri"
                 )
             lake.delete(output_uri)
         return

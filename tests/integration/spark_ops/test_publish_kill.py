@@ -55,7 +55,9 @@ def write_version(path: Path) -> Path:
     (path / "data").mkdir(parents=True)
     for n in range(3):
         pq.write_table(pa.Table.from_pylist(rows[n::3], schema=SFT), path / "data" / f"part-{n:05d}.parquet")
-    (path / "manifest.json").write_text(json.dumps({"usage": "sft", "run_key": "fixture", "records_out": RECORDS}))
+    (path / "manifest.json").write_text(
+        json.dumps({"usage": "sft", "run_key": "fixture", "records_out": RECORDS})
+    )
     return path
 
 
@@ -121,7 +123,12 @@ def test_killed_publication_leaves_nothing_and_the_retry_publishes_once(tmp_path
     retry = finish(*start(tmp_path, version, out, "retry"))
     assert retry["status"] == "success" and retry["already_published"] is False
     files = tree(out)
-    assert sorted(files) == ["_SUCCESS", "publication.json", "train/part-00000.jsonl", "validation/part-00000.jsonl"]
+    assert sorted(files) == [
+        "_SUCCESS",
+        "publication.json",
+        "train/part-00000.jsonl",
+        "validation/part-00000.jsonl",
+    ]
     assert retry["counts"] == {"train": 2700, "validation": 300}
     train = files["train/part-00000.jsonl"].decode().splitlines()
     val = files["validation/part-00000.jsonl"].decode().splitlines()
