@@ -405,7 +405,7 @@ class MixSpec(Spec):
     sampling: Sampling | None = Field(
         default=None, description="down, up or both (default: the preset's, else down)."
     )
-    spark: SparkResources = Field(default_factory=SparkResources)
+    spark: SparkResources = Field(default_factory=SparkResources, description="Spark resources of the run.")
     output_uri: str = Field(description="Lake directory the mixed version is written to.")
 
     @model_validator(mode="after")
@@ -462,7 +462,7 @@ class PublishSpec(Spec):
     )
     validation_count: int | None = Field(default=None, ge=0, description="Exact number held out instead.")
     seed: int = Field(default=0, description="Seed of the split hash of the record id.")
-    spark: SparkResources = Field(default_factory=SparkResources)
+    spark: SparkResources = Field(default_factory=SparkResources, description="Spark resources of the run.")
     output_uri: str = Field(description="Lake directory of the export; it appears complete or not at all.")
 
     @model_validator(mode="after")
