@@ -315,3 +315,162 @@ SPEC_TYPES: dict[str, type[Spec]] = {
     "trainers.evaluate": EvalSpec,
     "serving.deploy": ServeSpec,
 }
+
+
+# ---------------------------------------------------------------- mixing and publishing engines
+
+Sampling = Literal["down", "up", "both"]
+ExportFormat = Literal["standard", "openai", "sharegpt"]
+
+
+class MixInput(BaseModel):
+    """A dataset version the mix reads: its lake directory and its catalogue reference."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    uri: str = Field(description="Lake directory of the version (data/*.parquet and manifest.json).")
+    ref: str = Field(description="Catalogue reference SCENE/NAME@Vn; tagged on each record as mix:<ref>.")
+
+
+class MixPart(BaseModel):
+    """One share of the mix: a whole version (by dataset) or the records carrying some tags (by tag)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    uri: str | None = Field(default=None, description="By dataset: lake directory of the version.")
+    ref: str | None = Field(default=None, description="By dataset: catalogue reference SCENE/NAME@Vn.")
+    tags: list[str] | None = Field(
+        default=None,
+        description="By tag: the part takes the records (from the union of the spec's inputs) that carry "
+        "all these tags; [] matches every record. A record belongs to the first part it matches.",
+    )
+    name: str | None = Field(default=None, description="Label in the report (default: the ref or the tags).")
+    role: str | None = Field(default=None, description="With a preset: the preset role this part fills.")
+    count: int | None = Field(default=None, ge=1, description="Exact number of records to take.")
+    ratio: float | None = Field(
+        default=None,
+        gt=0,
+        description="Relative weight (1, 6 for 1:6); with a preset it overrides the role's.",
+    )
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        if self.ref:
+            return self.ref
+        return "+".join(self.tags or []) or "(any)"
+
+
+class MixSpec(Spec):
+    """Mix two or more dataset versions by dataset or by tag, by counts or ratios, seeded (spark_ops.mix).
+
+    Targets: with ``count`` every part takes exactly that many records. With ratios the per-part targets
+    are integers whose proportions match the ratios as exactly as integers allow: for a given ``total`` by
+    the largest-remainder method; without one, the part named by ``baseline`` keeps all its records and
+    the others scale to it; without either, ``sampling`` decides (down: the largest mix that needs no
+    repetition, up: the smallest that keeps every record). Where the reduced integer weights fit, the
+    total is a multiple of their sum, so the proportions are exact.
+
+    ``sampling``: ``down`` never repeats a record (a target above what a part holds is an error);
+    ``up`` never drops one (a target below it is an error); ``both`` does either per part. Down-sampling
+    takes the records with the smallest hash of (seed, ref, id, copy); up-sampling takes every record
+    ``target // available`` times, then a seeded sample of ``target % available`` for the last copy.
+    Records are repeated as they are: text is never changed.
+    """
+
+    by: Literal["dataset", "tag"] = Field(
+        default="dataset", description="dataset: each part is a version; tag: parts select by meta.tags."
+    )
+    inputs: list[MixInput] = Field(
+        default_factory=list, description="By tag: the versions whose records the tag parts select from."
+    )
+    parts: list[MixPart] = Field(min_length=2, description="The shares of the mix (at least two).")
+    preset: str | None = Field(
+        default=None,
+        description="A preset of include/mix_presets.yaml (pretrain-industry-general, sft-industry-general, "
+        "distill): its roles, ratios, baseline and sampling; parts name their role.",
+    )
+    usage: Usage | None = Field(
+        default=None, description="Expected usage of every input (checked against their manifests)."
+    )
+    total: int | None = Field(default=None, ge=1, description="Target size of the mix (ratios only).")
+    baseline: str | None = Field(
+        default=None,
+        description="Without total: the part (name, ref or role) kept whole; the others scale to it.",
+    )
+    seed: int = Field(
+        default=0, description="Seed of the sampling hash; the same spec gives the same records."
+    )
+    sampling: Sampling | None = Field(
+        default=None, description="down, up or both (default: the preset's, else down)."
+    )
+    spark: SparkResources = Field(default_factory=SparkResources, description="Spark resources of the run.")
+    output_uri: str = Field(description="Lake directory the mixed version is written to.")
+
+    @model_validator(mode="after")
+    def _parts_shape(self) -> MixSpec:
+        for i, p in enumerate(self.parts):
+            where = f"parts[{i}] ({p.label})"
+            if self.by == "dataset":
+                if not (p.uri and p.ref) or p.tags is not None:
+                    raise ValueError(
+                        f"{where}: mixing by dataset needs uri and ref on every part, and no tags"
+                    )
+            elif p.tags is None or p.uri or p.ref:
+                raise ValueError(f"{where}: mixing by tag needs tags on every part (and no uri/ref)")
+            if p.count is not None and p.ratio is not None:
+                raise ValueError(f"{where}: give count or ratio, not both")
+            if p.count is None and p.ratio is None and self.preset is None:
+                raise ValueError(f"{where}: give a count or a ratio (or use a preset)")
+            if self.preset is not None and not p.role:
+                raise ValueError(f"{where}: with preset {self.preset!r} every part names its role")
+        if self.by == "tag" and not self.inputs:
+            raise ValueError("mixing by tag needs inputs: the versions the tag parts select from")
+        if self.by == "dataset" and self.inputs:
+            raise ValueError("mixing by dataset takes its versions from the parts; leave inputs empty")
+        counted = {p.count is not None for p in self.parts}
+        if len(counted) > 1:
+            raise ValueError("give every part a count, or none (ratios); a mix of both has no single meaning")
+        if True in counted and (self.total is not None or self.baseline is not None):
+            raise ValueError("total and baseline apply to ratios; with counts each part's count is its size")
+        if self.total is not None and self.baseline is not None:
+            raise ValueError("give total or baseline, not both")
+        labels = [p.label for p in self.parts]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"part labels must be distinct, got {labels}; set name on the parts")
+        if self.preset is not None:
+            from tasks.mixing import resolve_preset  # yaml is read only when a preset is used
+
+            resolve_preset(self)
+        return self
+
+
+class PublishSpec(Spec):
+    """Publish a dataset version as an export: format, train/validation split, atomic (spark_ops.publish)."""
+
+    version_uri: str = Field(description="Lake directory of the version to publish.")
+    ref: str | None = Field(default=None, description="Catalogue reference SCENE/NAME@Vn, for lineage.")
+    format: ExportFormat = Field(
+        default="standard",
+        description="standard: canonical JSONL records; openai: {messages: [{role, content}]}; sharegpt: "
+        "{system?, conversations: [{from, value}]}. reward_model data exports as standard only.",
+    )
+    visibility: Literal["private", "public"] = Field(default="private", description="Who may select it.")
+    validation_ratio: float | None = Field(
+        default=None, ge=0, lt=1, description="Share of records held out for validation (rounded half up)."
+    )
+    validation_count: int | None = Field(default=None, ge=0, description="Exact number held out instead.")
+    seed: int = Field(default=0, description="Seed of the split hash of the record id.")
+    spark: SparkResources = Field(default_factory=SparkResources, description="Spark resources of the run.")
+    output_uri: str = Field(description="Lake directory of the export; it appears complete or not at all.")
+
+    @model_validator(mode="after")
+    def _one_split_size(self) -> PublishSpec:
+        if self.validation_ratio is not None and self.validation_count is not None:
+            raise ValueError("give validation_ratio or validation_count, not both")
+        return self
+
+
+SPEC_TYPES["spark_ops.mix"] = MixSpec
+SPEC_TYPES["spark_ops.publish"] = PublishSpec
