@@ -900,16 +900,15 @@ def next_item(task_id: int, reviewer: str, catalog: Catalog | None = None) -> Re
 
 
 _PATH_PART = re.compile(r"(?:^|\.)([A-Za-z_]\w*)|\[(\d+)\]|\.(\d+)")
+_PATH = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*|\[\d+\]|\.\d+)*$")
 
 
 def resolve_field(record: dict[str, Any], path: str) -> str:
     """The text at ``path`` in a record: ``text``, ``context[2]`` (or ``context.2``), ``answers[0].text``."""
+    if not _PATH.match(path):
+        raise ReviewError(f"span field {path!r} is not a field path like text, target or context[0]")
     cur: Any = record
-    pos = 0
     for m in _PATH_PART.finditer(path):
-        if m.start() != pos:
-            break
-        pos = m.end()
         name, index = m.group(1), m.group(2) or m.group(3)
         if name is not None:
             if not isinstance(cur, dict) or name not in cur:
@@ -919,8 +918,6 @@ def resolve_field(record: dict[str, Any], path: str) -> str:
             if not isinstance(cur, list) or int(index) >= len(cur):
                 raise ReviewError(f"span field {path!r}: no element {index} there")
             cur = cur[int(index)]
-    if pos != len(path) or not path:
-        raise ReviewError(f"span field {path!r} is not a field path like text, target or context[0]")
     if not isinstance(cur, str):
         raise ReviewError(f"span field {path!r} is not text (it holds {type(cur).__name__})")
     return cur
