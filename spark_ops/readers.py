@@ -529,7 +529,12 @@ def _read_lines(
         v = F.try_parse_json("value")
         err = (
             F.when(~valid, F.lit(NOT_UTF8))
-            .when(v.isNull(), F.lit("not valid JSON"))
+            # Spark's parser stops after the first value: '{"a": 1}]' parses, so the end is checked too.
+            .when(
+                v.isNull()
+                | (F.ltrim("value").startswith("{") & ~F.rtrim("value", F.lit(" \t\r")).endswith("}")),
+                F.lit("not valid JSON"),
+            )
             .when(
                 ~F.ltrim("value").startswith("{"),
                 F.concat(F.lit("record is a JSON "), _json_kind(v), F.lit(", expected an object")),
@@ -1296,7 +1301,8 @@ def read_input(
 
     get = _Keys()
     shape_columns, problems = _shape_columns(get, resolved, usage)
-    hint = _record_hint(get, resolved.shape)
+    # A field_map says the user knows the shape: no guessing then.
+    hint = _record_hint(get, resolved.shape) if not resolved.source.field_map else F.lit("")
     own_id = get("id") if source_ids else None
     df = df.select("*", *get.columns(F.col("v")))
     tags = F.coalesce(F.try_variant_get("v", "$.meta.tags", "array<string>"), F.array().cast("array<string>"))
