@@ -1200,15 +1200,19 @@ LOOKS_LIKE: tuple[tuple[str, tuple[str, ...], str], ...] = (
 )
 
 
-def _record_hint(get: _Keys, shape: Shape) -> Column:
-    """For a record missing a required field: the shape its keys suggest, when that is another one."""
+def _record_hint(shape: Shape) -> Column:
+    """For a record missing a required field: the shape its keys suggest, when that is another one.
+
+    The keys are looked up in the record itself, not extracted with the shape's keys: this is evaluated
+    only for rejected records, and costs the accepted ones nothing.
+    """
     hint = F.lit("")
     for other, keys, text in reversed(LOOKS_LIKE):
         if other == shape:
             continue
         present = F.lit(True)
         for k in keys:
-            present = present & get(k).isNotNull()
+            present = present & _get(F.col("v"), k).isNotNull()
         hint = F.when(present, F.lit(f"; the record looks like {text}")).otherwise(hint)
     return hint
 
@@ -1302,13 +1306,15 @@ def read_input(
     get = _Keys()
     shape_columns, problems = _shape_columns(get, resolved, usage)
     # A field_map says the user knows the shape: no guessing then.
-    hint = _record_hint(get, resolved.shape) if not resolved.source.field_map else F.lit("")
+    hint = _record_hint(resolved.shape) if not resolved.source.field_map else F.lit("")
     own_id = get("id") if source_ids else None
     df = df.select("*", *get.columns(F.col("v")))
     tags = F.coalesce(F.try_variant_get("v", "$.meta.tags", "array<string>"), F.array().cast("array<string>"))
     source = F.lit(resolved.source.source) if resolved.source.source else F.col("_name")
     # _reason first, in its own projection: the raw text below is only kept where it is set.
-    reason = F.coalesce(F.col("_err"), *problems)
+    # The problems in their own projection, so the checks run once per record, not once per use below.
+    df = df.select("*", F.coalesce(F.col("_err"), *problems).alias("_problem"))
+    reason = F.col("_problem")
     reason = F.when(
         reason.isNotNull(),
         F.concat(

@@ -13,8 +13,20 @@ ROOT = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
 EXPECTED = {"dataset_process", "model_train", "model_evaluate", "model_serve"}
 PARSE_BUDGET_S = 0.3
-HEAVY = ["torch", "transformers", "peft", "deepspeed", "pyspark", "mlflow", "great_expectations", "vllm",
-         "pandas", "numpy", "pyarrow", "boto3"]
+HEAVY = [
+    "torch",
+    "transformers",
+    "peft",
+    "deepspeed",
+    "pyspark",
+    "mlflow",
+    "great_expectations",
+    "vllm",
+    "pandas",
+    "numpy",
+    "pyarrow",
+    "boto3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +106,27 @@ def test_parse_budget_and_no_heavy_imports(path):
     """Best of three parses in a fresh interpreter, Airflow already imported (as in the DAG processor)."""
     out = subprocess.run(
         [sys.executable, "-c", _PROBE.format(heavy=HEAVY, path=str(path))],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     probe = json.loads(out.stdout.strip().splitlines()[-1])
     assert probe["heavy"] == [], f"{path.name} imports heavy modules at parse time: {probe['heavy']}"
     assert probe["seconds"] <= PARSE_BUDGET_S, f"{path.name} parsed in {probe['seconds']:.3f}s"
+
+
+def test_import_formats_match_the_spec_in_the_dag_and_the_cli(dagbag, capsys):
+    from typing import get_args
+
+    from tasks.cli import main
+    from tasks.specs import FORMAT_HELP, InputFormat
+
+    formats = list(get_args(InputFormat))
+    assert dagbag.dags["dataset_process"].params.get_param("format").schema["enum"] == formats
+    assert list(FORMAT_HELP) == formats
+    for command in (["process", "--help"], ["dataset", "import", "--help"]):
+        with pytest.raises(SystemExit):
+            main(command)
+        assert "{" + ",".join(formats) + "}" in capsys.readouterr().out
