@@ -13,20 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
 EXPECTED = {"dataset_process", "model_train", "model_evaluate", "model_serve"}
 PARSE_BUDGET_S = 0.3
-HEAVY = [
-    "torch",
-    "transformers",
-    "peft",
-    "deepspeed",
-    "pyspark",
-    "mlflow",
-    "great_expectations",
-    "vllm",
-    "pandas",
-    "numpy",
-    "pyarrow",
-    "boto3",
-]
+HEAVY = ["torch", "transformers", "peft", "deepspeed", "pyspark", "mlflow", "great_expectations", "vllm",
+         "pandas", "numpy", "pyarrow", "boto3"]
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +94,7 @@ def test_parse_budget_and_no_heavy_imports(path):
     """Best of three parses in a fresh interpreter, Airflow already imported (as in the DAG processor)."""
     out = subprocess.run(
         [sys.executable, "-c", _PROBE.format(heavy=HEAVY, path=str(path))],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     probe = json.loads(out.stdout.strip().splitlines()[-1])

@@ -47,11 +47,8 @@ def stack_home(tmp_path_factory):
     keys = ("FORGEFLOW_HOME", "FORGEFLOW_AIRFLOW_PORT", "FORGEFLOW_MLFLOW_PORT")
     old = {k: os.environ.get(k) for k in keys}
     os.environ.update(
-        {
-            "FORGEFLOW_HOME": str(home),
-            "FORGEFLOW_AIRFLOW_PORT": str(_free_port()),
-            "FORGEFLOW_MLFLOW_PORT": str(_free_port()),
-        }
+        {"FORGEFLOW_HOME": str(home), "FORGEFLOW_AIRFLOW_PORT": str(_free_port()),
+         "FORGEFLOW_MLFLOW_PORT": str(_free_port())}
     )
     get_settings.cache_clear()
     s = get_settings()

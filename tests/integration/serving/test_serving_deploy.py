@@ -40,9 +40,7 @@ def group_rss_mb(pgid: int) -> float:
             status = (entry / "status").read_text()
         except OSError:
             continue
-        total_kb += next(
-            (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0
-        )
+        total_kb += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
     return total_kb / 1024
 
 
@@ -51,27 +49,17 @@ def run_engine(spec: ServeSpec, spec_path: Path) -> dict:
     spec_path.write_text(spec.model_dump_json())
     proc = subprocess.run(
         [sys.executable, "-m", "serving.deploy", str(spec_path)],
-        cwd=PROJECT_ROOT,
-        env=os.environ.copy(),
-        capture_output=True,
-        text=True,
-        timeout=spec.startup_timeout_s + 60,
+        cwd=PROJECT_ROOT, env=os.environ.copy(), capture_output=True, text=True, timeout=spec.startup_timeout_s + 60,
     )
     result = json.loads((spec_path.parent / "result.json").read_text())
     assert proc.returncode == 0, f"{result}\n{proc.stderr[-3000:]}"
     return result
 
 
-def test_fallback_engine_serves_chat_and_outlives_the_engine(
-    forgeflow_home: Path, tiny_model_dir: Path
-) -> None:
+def test_fallback_engine_serves_chat_and_outlives_the_engine(forgeflow_home: Path, tiny_model_dir: Path) -> None:
     spec = ServeSpec(
-        run_key="t1",
-        service_name="tiny-fb",
-        model=str(tiny_model_dir),
-        backend="fallback",
-        served_model_name="tiny",
-        ttl_minutes=30,
+        run_key="t1", service_name="tiny-fb", model=str(tiny_model_dir), backend="fallback",
+        served_model_name="tiny", ttl_minutes=30,
     )
     result = run_engine(spec, forgeflow_home.parent / "spec.json")
     print(f"\nfallback startup: {result['startup_s']} s")
@@ -104,10 +92,7 @@ def test_fallback_engine_serves_chat_and_outlives_the_engine(
 
     stop = subprocess.run(
         [sys.executable, "-m", "serving.services", "stop", "tiny-fb"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
     )
     assert stop.returncode == 0, stop.stderr
     assert not services.pid_alive(result["pid"], result["proc_start"])
@@ -140,12 +125,8 @@ def test_vllm_engine_serves_chat(forgeflow_home: Path, tiny_model_dir: Path) -> 
     if not Path(vllm_python).is_file():
         pytest.skip(f"{vllm_python} does not exist; create .venv-vllm with scripts/setup_vllm.sh")
     spec = ServeSpec(
-        run_key="t3",
-        service_name="tiny-vllm",
-        model=str(tiny_model_dir),
-        backend="vllm",
-        served_model_name="tiny",
-        startup_timeout_s=600,
+        run_key="t3", service_name="tiny-vllm", model=str(tiny_model_dir), backend="vllm",
+        served_model_name="tiny", startup_timeout_s=600,
     )
     result = run_engine(spec, forgeflow_home.parent / "spec.json")
     assert result["backend"] == "vllm", result
@@ -154,10 +135,8 @@ def test_vllm_engine_serves_chat(forgeflow_home: Path, tiny_model_dir: Path) -> 
     body = chat(result["url"], "tiny", temperature=0)
     first_request_s = time.monotonic() - t0
     rss = group_rss_mb(result["pgid"])
-    print(
-        f"\nvLLM startup: {result['startup_s']} s; RSS of the process group: {rss:.0f} MB; "
-        f"first chat request: {first_request_s:.2f} s"
-    )
+    print(f"\nvLLM startup: {result['startup_s']} s; RSS of the process group: {rss:.0f} MB; "
+          f"first chat request: {first_request_s:.2f} s")
     assert body["model"] == "tiny"
     assert body["usage"]["completion_tokens"] > 0
 

@@ -16,13 +16,8 @@ def test_migrations_and_versions_on_postgres(pg_url):
     cat.migrate()
     cat.migrate()  # idempotent
     cat.ensure_dataset("general", "alpaca-zh", note="n", tags=["zh"])
-    v1 = cat.commit_version(
-        "general", "alpaca-zh", run_key="r1", uri="s3://b/v1", usage="sft", record_count=5
-    )
-    assert (
-        cat.commit_version("general", "alpaca-zh", run_key="r1", uri="s3://b/v1", usage="sft", record_count=5)
-        == v1
-    )
+    v1 = cat.commit_version("general", "alpaca-zh", run_key="r1", uri="s3://b/v1", usage="sft", record_count=5)
+    assert cat.commit_version("general", "alpaca-zh", run_key="r1", uri="s3://b/v1", usage="sft", record_count=5) == v1
     cat.publish(v1.ref)
     assert cat.select_for("general/alpaca-zh@published", "sft_full").uri == "s3://b/v1"
     with pytest.raises(CatalogError, match="can only use"):

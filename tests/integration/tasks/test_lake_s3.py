@@ -27,10 +27,7 @@ def test_directories_stage_fetch_move_delete(lake, tmp_path):
         (d / "data").mkdir()
         (d / "data" / "part-0.parquet").write_bytes(b"PAR1")
         (d / "manifest.json").write_text("{}")
-    assert [u.rsplit("/", 1)[-1] for u in lake.list(lake.uri("staged"))] == [
-        "part-0.parquet",
-        "manifest.json",
-    ]
+    assert [u.rsplit("/", 1)[-1] for u in lake.list(lake.uri("staged"))] == ["part-0.parquet", "manifest.json"]
     with lake.fetch(lake.uri("staged")) as local:
         assert (local / "data" / "part-0.parquet").read_bytes() == b"PAR1"
     with lake.fetch(lake.uri("staged", "manifest.json")) as f:

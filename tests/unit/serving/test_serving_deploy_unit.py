@@ -45,9 +45,7 @@ def spec_for(model_dir: Path, **kw: object) -> ServeSpec:
     return ServeSpec(run_key="r", service_name=kw.pop("service_name", "svc"), model=str(model_dir), **kw)
 
 
-def test_vllm_plan_command_and_env(
-    forgeflow_home: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_vllm_plan_command_and_env(forgeflow_home: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("VLLM_CACHE_ROOT", "VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND"):
         monkeypatch.delenv(var, raising=False)
     settings = get_settings()
@@ -73,9 +71,7 @@ def test_vllm_plan_respects_dtype_in_extra_args(forgeflow_home: Path, model_dir:
     assert argv[0] == str(get_settings().vllm_python)  # no pinning prefix when pin=[]
 
 
-def test_fallback_plan_and_env(
-    forgeflow_home: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_fallback_plan_and_env(forgeflow_home: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", "/elsewhere")
     plan = dp.fallback_plan(spec_for(model_dir), get_settings(), model_dir, "s", 9000)
     assert plan.argv[:3] == [sys.executable, "-m", "serving.fallback_server"]
@@ -162,13 +158,11 @@ def test_auto_falls_back_with_the_vllm_log_tail(
     monkeypatch.setenv("FORGEFLOW_VLLM_PYTHON", str(fake_vllm))
     get_settings.cache_clear()
     monkeypatch.setattr(
-        dp,
-        "vllm_plan",
+        dp, "vllm_plan",
         lambda *a, **k: fake_plan("vllm", "import sys; print('RuntimeError: no AVX512'); sys.exit(1)"),
     )
     monkeypatch.setattr(
-        dp,
-        "fallback_plan",
+        dp, "fallback_plan",
         lambda spec, settings, model_dir, served, port: fake_plan("fallback", FAKE_SERVER, served, str(port)),
     )
     result = dp.deploy(spec_for(model_dir))
@@ -194,8 +188,7 @@ def test_installation_setting_decides_auto(
     get_settings.cache_clear()
     monkeypatch.setattr(dp, "vllm_plan", lambda *a, **k: pytest.fail("auto must defer to the setting"))
     monkeypatch.setattr(
-        dp,
-        "fallback_plan",
+        dp, "fallback_plan",
         lambda spec, settings, model_dir, served, port: fake_plan("fallback", FAKE_SERVER, served, str(port)),
     )
     result = dp.deploy(spec_for(model_dir))

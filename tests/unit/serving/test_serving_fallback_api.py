@@ -24,9 +24,7 @@ class RecordingGenerator(fs.Generator):
     def text_prompt(self, prompt: str) -> list[int]:
         return [1] * len(prompt)
 
-    def generate(
-        self, prompt_ids: list[int], req: fs._Sampling, default_max_tokens: int | None
-    ) -> fs.Generation:
+    def generate(self, prompt_ids: list[int], req: fs._Sampling, default_max_tokens: int | None) -> fs.Generation:
         self.calls.append((prompt_ids, req, default_max_tokens))
         return fs.Generation("hi there", len(prompt_ids), 2, "stop")
 
@@ -50,32 +48,17 @@ def test_chat_completion_shape_and_sampling_fields(client: tuple[TestClient, Rec
         "/v1/chat/completions",
         json={
             "model": "tiny",
-            "messages": [
-                {"role": "system", "content": "be brief"},
-                {
-                    "role": "user",
-                    "content": [{"type": "text", "text": "hel"}, {"type": "text", "text": "lo"}],
-                },
-            ],
-            "temperature": 0.3,
-            "top_p": 0.9,
-            "max_tokens": 5,
-            "seed": 1,
-            "stop": ["\n"],
-            "user": "ignored",
+            "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": [
+                {"type": "text", "text": "hel"}, {"type": "text", "text": "lo"}]}],
+            "temperature": 0.3, "top_p": 0.9, "max_tokens": 5, "seed": 1, "stop": ["\n"], "user": "ignored",
         },
     )
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["object"] == "chat.completion" and body["model"] == "tiny"
-    assert body["choices"] == [
-        {"index": 0, "message": {"role": "assistant", "content": "hi there"}, "finish_reason": "stop"}
-    ]
-    assert body["usage"] == {
-        "prompt_tokens": 13,
-        "completion_tokens": 2,
-        "total_tokens": 15,
-    }  # "be brief" + "hello"
+    assert body["choices"] == [{"index": 0, "message": {"role": "assistant", "content": "hi there"},
+                                "finish_reason": "stop"}]
+    assert body["usage"] == {"prompt_tokens": 13, "completion_tokens": 2, "total_tokens": 15}  # "be brief" + "hello"
     _, req, default = gen.calls[0]
     assert (req.temperature, req.top_p, req.max_tokens, req.seed, req.stop) == (0.3, 0.9, 5, 1, ["\n"])
     assert default is None  # chat defaults to the rest of the context, like vLLM
@@ -91,40 +74,16 @@ def test_completion_defaults_to_16_tokens(client: tuple[TestClient, RecordingGen
 @pytest.mark.parametrize(
     ("path", "payload", "status", "needle"),
     [
-        (
-            "/v1/chat/completions",
-            {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "n": 3},
-            400,
-            "n=3",
-        ),
-        (
-            "/v1/chat/completions",
-            {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "stream": True},
-            400,
-            "stream",
-        ),
-        (
-            "/v1/chat/completions",
-            {"model": "other", "messages": [{"role": "user", "content": "x"}]},
-            404,
-            "`other` does not exist",
-        ),
+        ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "n": 3}, 400, "n=3"),
+        ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "stream": True},
+         400, "stream"),
+        ("/v1/chat/completions", {"model": "other", "messages": [{"role": "user", "content": "x"}]}, 404,
+         "`other` does not exist"),
         ("/v1/chat/completions", {"model": "tiny", "messages": []}, 400, "messages"),
-        (
-            "/v1/chat/completions",
-            {
-                "model": "tiny",
-                "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
-            },
-            400,
-            "accepts text only",
-        ),
-        (
-            "/v1/chat/completions",
-            {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "temperature": 3},
-            400,
-            "temperature",
-        ),
+        ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "x"}}]}]}, 400, "accepts text only"),
+        ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "x"}],
+                                  "temperature": 3}, 400, "temperature"),
         ("/v1/completions", {"model": "tiny", "prompt": ["a", "b"]}, 400, "takes one"),
         ("/v1/completions", {"model": "tiny", "prompt": "a", "echo": True}, 400, "echo"),
     ],

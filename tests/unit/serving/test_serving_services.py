@@ -16,21 +16,11 @@ from serving import services
 from serving.services import ServiceRecord
 
 
-def make_record(
-    name: str, pid: int, *, ttl_s: float | None = None, proc_start: int | None = None
-) -> ServiceRecord:
+def make_record(name: str, pid: int, *, ttl_s: float | None = None, proc_start: int | None = None) -> ServiceRecord:
     now = services.utcnow()
     return ServiceRecord(
-        name=name,
-        backend="fallback",
-        url="http://127.0.0.1:1/v1",
-        pid=pid,
-        pgid=pid,
-        port=1,
-        model="/m",
-        model_dir="/m",
-        served_model_name=name,
-        log_path="/dev/null",
+        name=name, backend="fallback", url="http://127.0.0.1:1/v1", pid=pid, pgid=pid, port=1,
+        model="/m", model_dir="/m", served_model_name=name, log_path="/dev/null",
         started_at=now.isoformat(),
         expires_at=(now + timedelta(seconds=ttl_s)).isoformat() if ttl_s is not None else None,
         proc_start=services.process_start_time(pid) if proc_start is None else proc_start,
@@ -88,7 +78,8 @@ def test_stop_terminates_the_whole_process_group(tmp_path: Path, spawn) -> None:
     )
     time.sleep(0.5)
     members = [
-        int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _pgid(int(p.name)) == leader.pid
+        int(p.name) for p in Path("/proc").iterdir()
+        if p.name.isdigit() and _pgid(int(p.name)) == leader.pid
     ]
     assert len(members) == 2
     services.write_record(make_record("grp", leader.pid), tmp_path)

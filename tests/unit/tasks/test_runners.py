@@ -69,9 +69,7 @@ def test_pod_renders_to_a_valid_kubernetes_manifest(ff_home):
         node_selector={"nvidia.com/gpu.product": "H100"},
         tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
     )
-    op = engine_pod_operator(
-        "train", "trainers.train", "s3://lake/runs/r/trainers-train/spec.json", resources
-    )
+    op = engine_pod_operator("train", "trainers.train", "s3://lake/runs/r/trainers-train/spec.json", resources)
     pod = render_pod(op)
     kubernetes_validate.validate(pod, "1.30", strict=True)
     c = pod["spec"]["containers"][0]

@@ -12,20 +12,9 @@ from tasks.specs import ProcessSpec, TrainSpec
 from tasks.training import build_train_spec, dataset_from_trigger, health_check
 
 PROCESS_PARAMS = {
-    "scene": "general",
-    "dataset": "alpaca-zh",
-    "usage": "sft",
-    "source": "shared://sft/alpaca_zh_demo.json",
-    "format": "alpaca",
-    "field_map": {},
-    "source_label": "",
-    "max_reject_ratio": 0.1,
-    "recipe": "standard-clean",
-    "num_executors": 2,
-    "executor_cores": 2,
-    "executor_memory_gb": 4,
-    "driver_cores": 2,
-    "driver_memory_gb": 4,
+    "scene": "general", "dataset": "alpaca-zh", "usage": "sft", "source": "shared://sft/alpaca_zh_demo.json",
+    "format": "alpaca", "field_map": {}, "source_label": "", "max_reject_ratio": 0.1, "recipe": "standard-clean",
+    "num_executors": 2, "executor_cores": 2, "executor_memory_gb": 4, "driver_cores": 2, "driver_memory_gb": 4,
     "spark_conf": {"spark.sql.ansi.enabled": True},
 }
 
@@ -85,15 +74,8 @@ def _publish(usage: str) -> str:
 
 
 TRAIN_PARAMS = {
-    "method": "sft_lora",
-    "base_model": "models:/base/1",
-    "validation_split": 0.05,
-    "experiment": "e",
-    "register_as": "chat",
-    "merge_lora": True,
-    "hp_epochs": None,
-    "hp_learning_rate": 1e-4,
-    "hp_batch_size": None,
+    "method": "sft_lora", "base_model": "models:/base/1", "validation_split": 0.05, "experiment": "e",
+    "register_as": "chat", "merge_lora": True, "hp_epochs": None, "hp_learning_rate": 1e-4, "hp_batch_size": None,
     "tiny_hidden_size": 256,
 }
 
