@@ -1,8 +1,10 @@
 """
 ### dataset_process — import raw data, clean it on Spark, commit and publish a dataset version
 
-Raw files (JSONL, JSON, CSV, Parquet, TXT, Alpaca, ShareGPT, OpenAI chat) are mapped onto the canonical
-schema of their usage; bad records go to quarantine with file, line and reason. An operator recipe from
+Raw files (JSONL, JSON, CSV, Parquet, TXT, Alpaca, ShareGPT, OpenAI chat, CSV question/answer, preference
+pairs; vision Q&A with images) are mapped onto the canonical schema of their usage; bad records (broken
+JSON, missing or mistyped fields, bytes that are not UTF-8, empty files, a file whose content does not match
+its format) go to quarantine with file, line and reason. Sample files: `include/samples/`. An operator recipe from
 `include/recipes/` runs in order on Spark (`local[*]` by default, a cluster through `FORGEFLOW_SPARK_MASTER`)
 and the result becomes the next immutable version `SCENE/NAME@Vn` in the catalogue. Publishing makes it
 selectable for training and emits the Airflow Asset `forgeflow://datasets/<usage>`, which schedules
@@ -14,12 +16,14 @@ Trigger from the UI (Params form), or `POST /api/v2/dags/dataset_process/dagRuns
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import get_args
 
 from airflow.sdk import Asset, AssetAlias, Param, dag, get_current_context, task
 
 from tasks.assets import PUBLISHED_ALIAS, dataset_asset_name, dataset_asset_uri
 from tasks.dagkit import DEFAULT_ARGS, engine_step, run_key
 from tasks.recipes import recipe_names
+from tasks.specs import FORMAT_HELP, InputFormat
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
 
@@ -67,9 +71,23 @@ NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
         ),
         "format": Param(
             "alpaca",
-            enum=["auto", "jsonl", "json", "csv", "parquet", "txt", "alpaca", "sharegpt", "openai"],
+            enum=list(get_args(InputFormat)),
+            values_display={k: f"{k}: {v}" for k, v in FORMAT_HELP.items()},
             section="Import",
             description="Input format; auto picks from the file suffix.",
+        ),
+        "modality": Param(
+            "text",
+            enum=["text", "image"],
+            section="Import",
+            description="image for vision Q&A records {context, image, target} (usage sft, rl or model_test); "
+            "image paths are relative to the input file.",
+        ),
+        "labelled": Param(
+            True,
+            type="boolean",
+            section="Import",
+            description="Untick for unlabelled data (the question only, for annotation / pre-annotation).",
         ),
         "field_map": Param(
             {},

@@ -14,7 +14,7 @@ from pyspark.sql import Column
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from tasks.records import COLUMNS
+from tasks.records import columns
 from tasks.specs import Usage
 
 META_TYPE = T.StructType(
@@ -34,6 +34,7 @@ FIELD_TYPES: dict[str, T.DataType] = {
     "context": T.ArrayType(T.StringType()),
     "target": T.StringType(),
     "answers": T.ArrayType(ANSWER_TYPE),
+    "image": T.StringType(),
     "meta": META_TYPE,
 }
 # Columns operators clean by default: the content a model learns from (the system prompt is configuration).
@@ -50,19 +51,21 @@ POSITION = "_pos"
 ID_HEX_CHARS = 32
 
 
-def content_columns(usage: Usage) -> tuple[str, ...]:
-    """Every column of ``usage`` that holds text, i.e. all but ``id`` and ``meta``."""
-    return tuple(c for c in COLUMNS[usage] if c not in ("id", "meta"))
+def content_columns(usage: Usage, modality: str = "text") -> tuple[str, ...]:
+    """Every content column of ``usage`` (text, and the image of vision data), i.e. all but ``id`` and ``meta``."""
+    return tuple(c for c in columns(usage, modality) if c not in ("id", "meta"))
 
 
-def schema(usage: Usage) -> T.StructType:
+def schema(usage: Usage, modality: str = "text") -> T.StructType:
     """The Spark schema of ``usage``'s canonical records."""
-    return T.StructType([T.StructField(c, FIELD_TYPES[c], nullable=c != "id") for c in COLUMNS[usage]])
+    return T.StructType(
+        [T.StructField(c, FIELD_TYPES[c], nullable=c != "id") for c in columns(usage, modality)]
+    )
 
 
-def record_id(usage: Usage) -> Column:
+def record_id(usage: Usage, modality: str = "text") -> Column:
     """A stable content hash: sha256 hex prefix of the canonical content as JSON (meta excluded)."""
-    content = F.struct(*[F.col(c) for c in content_columns(usage)])
+    content = F.struct(*[F.col(c) for c in content_columns(usage, modality)])
     return F.substring(F.sha2(F.to_json(content), 256), 1, ID_HEX_CHARS)
 
 

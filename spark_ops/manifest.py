@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,7 +11,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from spark_ops.canonical import FIELD_TYPES, TEXT_COLUMNS, text_length
-from tasks.records import COLUMNS
+from tasks.records import columns
 from tasks.specs import ProcessSpec, Usage
 
 MANIFEST_VERSION = 1
@@ -18,8 +19,22 @@ PERCENTILES = (0.5, 0.9, 0.99)
 
 
 def spec_fingerprint(spec: ProcessSpec) -> str:
-    """Hash of what determines the data (inputs, usage, recipe, reject ratio); Spark resources do not."""
-    payload = spec.model_dump_json(include={"inputs", "usage", "operators", "max_reject_ratio", "output_uri"})
+    """Hash of what determines the data (inputs, usage, recipe, reject ratio); Spark resources do not.
+
+    Fields added later (modality, labelled, an input's encoding) count only when they differ from their
+    defaults, so versions written before them keep their fingerprint and a retry still finds its result.
+    """
+    data = spec.model_dump(
+        mode="json",
+        include={"inputs", "usage", "modality", "labelled", "operators", "max_reject_ratio", "output_uri"},
+    )
+    for key, default in (("modality", "text"), ("labelled", True)):
+        if data[key] == default:
+            del data[key]
+    for src in data["inputs"]:
+        if src["encoding"] == "utf-8":
+            del src["encoding"]
+    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))  # as model_dump_json writes it
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -56,8 +71,8 @@ def text_stats(df: DataFrame, usage: Usage) -> tuple[int, dict[str, dict[str, An
     return n, stats
 
 
-def column_schema(usage: Usage) -> list[dict[str, str]]:
-    return [{"name": c, "type": FIELD_TYPES[c].simpleString()} for c in COLUMNS[usage]]
+def column_schema(usage: Usage, modality: str = "text") -> list[dict[str, str]]:
+    return [{"name": c, "type": FIELD_TYPES[c].simpleString()} for c in columns(usage, modality)]
 
 
 def now_iso() -> str:

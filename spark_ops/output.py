@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 
 from spark_ops.canonical import POSITION
 from spark_ops.readers import SOURCE_ID
-from tasks.records import COLUMNS, DATA_DIR, QUARANTINE_DIR
+from tasks.records import DATA_DIR, QUARANTINE_DIR, columns
 from tasks.specs import Usage
 
 # About 64 MB of Parquet per file for CJK text (3 bytes a character, compressing to roughly 1/3).
@@ -39,11 +39,16 @@ def _tidy(directory: Path, suffix: str) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.name.startswith("part-") and p.name.endswith(suffix))
 
 
+def _columns(df: DataFrame, usage: Usage) -> tuple[str, ...]:
+    """The canonical columns of ``usage``; vision records (an ``image`` column) keep it."""
+    return columns(usage, "image" if "image" in df.columns else "text")
+
+
 def write_records(df: DataFrame, usage: Usage, version_dir: Path, total_chars: int) -> list[str]:
     """Write ``df`` in input order as ``data/part-NNNNN.parquet``; returns the paths relative to the version."""
     data_dir = version_dir / DATA_DIR
     n = files_for(total_chars)
-    ordered = df.repartitionByRange(n, POSITION).sortWithinPartitions(POSITION).select(*COLUMNS[usage])
+    ordered = df.repartitionByRange(n, POSITION).sortWithinPartitions(POSITION).select(*_columns(df, usage))
     ordered.write.mode("overwrite").option("compression", "zstd").parquet(str(data_dir))
     names = []
     for i, part in enumerate(_tidy(data_dir, ".parquet")):
@@ -79,11 +84,11 @@ def export_records(df: DataFrame, usage: Usage, export: Export, total_chars: int
     for old in directory.glob("part-*"):
         old.unlink()
     ident = F.coalesce(F.col(SOURCE_ID), F.col("id")) if SOURCE_ID in df.columns else F.col("id")
-    columns = [ident.alias("id") if c == "id" else F.col(c) for c in COLUMNS[usage]]
+    selected = [ident.alias("id") if c == "id" else F.col(c) for c in _columns(df, usage)]
     ordered = (
         df.repartitionByRange(files_for(total_chars), POSITION)
         .sortWithinPartitions(POSITION)
-        .select(*columns)
+        .select(*selected)
     )
     tmp = directory / "_spark"
     spark_suffix, suffix = EXPORT_SUFFIX[export.fmt]

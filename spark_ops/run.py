@@ -142,7 +142,7 @@ def run(spec: ProcessSpec, export: Export | None = None) -> dict[str, Any]:
     with ExitStack() as stack:
         local_inputs = [stack.enter_context(lake.fetch(to_uri(src.uri))) for src in spec.inputs]
         resolved = [
-            resolve_input(src, spec.usage, i, local)
+            resolve_input(src, spec.usage, i, local, modality=spec.modality, labelled=spec.labelled)
             for i, (src, local) in enumerate(zip(spec.inputs, local_inputs, strict=True))
         ]
         t = time.monotonic()
@@ -214,7 +214,9 @@ def run(spec: ProcessSpec, export: Export | None = None) -> dict[str, Any]:
             "run_key": spec.run_key,
             "spec_fingerprint": fingerprint,
             "usage": spec.usage,
-            "columns": mf.column_schema(spec.usage),
+            "modality": spec.modality,
+            "labelled": spec.labelled,
+            "columns": mf.column_schema(spec.usage, spec.modality),
             "id": "sha256 hex prefix of the record as imported (before operators)",
             "records_in": imp.records_in,
             "accepted": imp.accepted_count,

@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any, get_args
 
-from tasks.specs import InputFormat, Usage
+from tasks.specs import FORMAT_HELP, InputFormat, Modality, Usage
 
 STATS_FILE = "stats.json"
 QUARANTINE_FILE = "quarantine.jsonl"
@@ -81,8 +81,14 @@ def cmd_process(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"input {args.input} does not exist")
     out = Path(args.output).resolve()
     spec_args = {
-        "inputs": [InputSource(uri=str(source.resolve()), format=args.format, source=args.source)],
+        "inputs": [
+            InputSource(
+                uri=str(source.resolve()), format=args.format, source=args.source, encoding=args.encoding
+            )
+        ],
         "usage": args.usage,
+        "modality": args.modality,
+        "labelled": not args.unlabelled,
         "operators": load_recipe(args.recipe),  # a bad recipe fails here, before Spark starts
         "max_reject_ratio": args.max_reject_ratio,
     }
@@ -163,7 +169,22 @@ def main(argv: list[str] | None = None) -> int:
         "--output", required=True, metavar="DIR", help="output directory (its part files are replaced)"
     )
     p.add_argument("--usage", choices=get_args(Usage), default="pretrain", help="what the data is for")
-    p.add_argument("--format", choices=get_args(InputFormat), default="auto", help="input format")
+    p.add_argument(
+        "--format",
+        choices=get_args(InputFormat),
+        default="auto",
+        help="input format: " + "; ".join(f"{k}: {v}" for k, v in FORMAT_HELP.items()),
+    )
+    p.add_argument(
+        "--modality",
+        choices=get_args(Modality),
+        default="text",
+        help="image: vision Q&A {context, image, target}",
+    )
+    p.add_argument("--unlabelled", action="store_true", help="the records hold questions only (no target)")
+    p.add_argument(
+        "--encoding", choices=("utf-8", "gb18030"), default="utf-8", help="text encoding of the input files"
+    )
     p.add_argument("--output-format", choices=("jsonl", "parquet"), default="jsonl", help="record format")
     p.add_argument("--source", default=None, help="source label for meta.source (default: the file name)")
     p.add_argument(

@@ -60,6 +60,8 @@ def build_process_spec(params: dict[str, Any], run_key: str) -> str:
         run_key=run_key,
         inputs=[input_source(src, params) for src in sources],
         usage=params["usage"],
+        modality=params.get("modality", "text"),
+        labelled=params.get("labelled", True),
         operators=load_recipe(params["recipe"]),
         spark=spark,
         output_uri=version_uri(params["scene"], params["dataset"], run_key),

@@ -96,6 +96,8 @@ def commit_from_manifest(
         run_key=run_key,
         uri=output_uri,
         usage=usage,
+        modality=manifest.get("modality", "text"),
+        labelled=manifest.get("labelled", True),
         record_count=int(manifest["records_out"]),
         quarantined_count=int(manifest.get("quarantined", 0)),
         char_count=_char_count(manifest),

@@ -10,6 +10,10 @@ a struct of ``source: string`` and ``tags: array<string>``):
 - sft, model_test, rl: ``system: string (nullable)``, ``context: array<string>`` (alternating turns, the
   last one a user turn), ``target: string`` (the answer; reasoning as ``<think>...</think>answer``)
 - reward_model: ``system``, ``context``, ``answers: array<struct<text: string, score: double, rank: int>>``
+  (2 to 5 answers, distinct ranks, rank 1 the best; a higher score never has a worse rank)
+
+Vision data (modality ``image``, usages sft, rl and model_test) adds ``image: string`` after ``context``: the
+absolute path or URI of the image the question is about. Text schemas are unchanged.
 """
 
 from __future__ import annotations
@@ -23,6 +27,19 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "rl": ("id", "system", "context", "target", "meta"),
     "reward_model": ("id", "system", "context", "answers", "meta"),
 }
+
+IMAGE_COLUMN = "image"
+MAX_ANSWERS = 5
+
+
+def columns(usage: str, modality: str = "text") -> tuple[str, ...]:
+    """The columns of ``usage``'s records; vision data (``modality="image"``) adds ``image`` after context."""
+    cols = COLUMNS[usage]
+    if modality != "image":
+        return cols
+    at = cols.index("context") + 1
+    return (*cols[:at], IMAGE_COLUMN, *cols[at:])
+
 
 DATA_DIR = "data"
 MANIFEST = "manifest.json"

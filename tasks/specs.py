@@ -15,7 +15,24 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 Usage = Literal["pretrain", "sft", "rl", "reward_model", "model_test"]
 Method = Literal["pretrain", "sft_full", "sft_lora", "prompt_tuning", "reward_model", "dpo", "distill"]
-InputFormat = Literal["auto", "jsonl", "json", "csv", "parquet", "txt", "alpaca", "sharegpt", "openai"]
+InputFormat = Literal[
+    "auto", "jsonl", "json", "csv", "parquet", "txt", "alpaca", "sharegpt", "openai", "csv_qa", "preference"
+]
+Modality = Literal["text", "image"]
+# What each input format holds (the DAG's Params form and the CLI show it).
+FORMAT_HELP: dict[str, str] = {
+    "auto": "picked from the file suffix (.jsonl .json .csv .parquet .txt)",
+    "jsonl": "canonical records, one JSON object per line",
+    "json": "canonical records as a JSON array (or JSON Lines)",
+    "csv": "canonical records as CSV columns (use field_map for other headers)",
+    "parquet": "canonical records as Parquet columns",
+    "txt": "plain text, one document per line (pretrain)",
+    "alpaca": "{instruction, input, output, system?, history?}",
+    "sharegpt": "{conversations: [{from, value}], system?}",
+    "openai": "{messages: [{role, content}]}",
+    "csv_qa": "CSV with question/answer columns (also 问题/答案, query/response), at most 50 MB a file",
+    "preference": "{prompt | conversations | messages, chosen, rejected} pairs -> ranking (reward_model)",
+}
 
 
 def check_name(value: str, what: str = "name") -> str:
@@ -56,6 +73,12 @@ class InputSource(BaseModel):
         "List-valued source fields are joined with newlines.",
     )
     source: str | None = Field(default=None, description="Source label stored in each record's meta.")
+    encoding: Literal["utf-8", "gb18030"] = Field(
+        default="utf-8",
+        description="Text encoding of the files. With utf-8 (the default) a line that is not valid UTF-8 is "
+        "quarantined; gb18030 (a superset of GBK and GB2312) reads Chinese legacy files on purpose "
+        "(JSON Lines, JSON and TXT; CSV must be UTF-8).",
+    )
 
 
 class OperatorStep(BaseModel):
@@ -98,6 +121,16 @@ class ProcessSpec(Spec):
 
     inputs: list[InputSource] = Field(min_length=1, description="Raw inputs, read in order.")
     usage: Usage = Field(description="What the data is for; decides the canonical schema.")
+    modality: Modality = Field(
+        default="text",
+        description="text, or image for vision Q&A (usage sft, rl or model_test): records then carry an "
+        "'image' column, a path relative to the input file, an absolute path or a URI.",
+    )
+    labelled: bool = Field(
+        default=True,
+        description="False for unlabelled data (the question only): target (answers for reward_model) may "
+        "be missing, e.g. for pre-annotation.",
+    )
     operators: list[OperatorStep] = Field(default_factory=list, description="Ordered operator recipe.")
     spark: SparkResources = Field(default_factory=SparkResources)
     output_uri: str = Field(description="Lake directory the engine writes data/ and manifest.json into.")
@@ -107,6 +140,14 @@ class ProcessSpec(Spec):
         le=1,
         description="Fail the import when more than this share of records is rejected.",
     )
+
+    @model_validator(mode="after")
+    def _vision_usage(self) -> ProcessSpec:
+        if self.modality == "image" and self.usage not in ("sft", "rl", "model_test"):
+            raise ValueError(
+                f"modality image (question + image -> answer) needs usage sft, rl or model_test; got {self.usage}"
+            )
+        return self
 
 
 # ---------------------------------------------------------------- training engine

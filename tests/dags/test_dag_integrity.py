@@ -100,3 +100,18 @@ def test_parse_budget_and_no_heavy_imports(path):
     probe = json.loads(out.stdout.strip().splitlines()[-1])
     assert probe["heavy"] == [], f"{path.name} imports heavy modules at parse time: {probe['heavy']}"
     assert probe["seconds"] <= PARSE_BUDGET_S, f"{path.name} parsed in {probe['seconds']:.3f}s"
+
+
+def test_import_formats_match_the_spec_in_the_dag_and_the_cli(dagbag, capsys):
+    from typing import get_args
+
+    from tasks.cli import main
+    from tasks.specs import FORMAT_HELP, InputFormat
+
+    formats = list(get_args(InputFormat))
+    assert dagbag.dags["dataset_process"].params.get_param("format").schema["enum"] == formats
+    assert list(FORMAT_HELP) == formats
+    for command in (["process", "--help"], ["dataset", "import", "--help"]):
+        with pytest.raises(SystemExit):
+            main(command)
+        assert "{" + ",".join(formats) + "}" in capsys.readouterr().out

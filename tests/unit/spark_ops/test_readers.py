@@ -65,11 +65,11 @@ def test_ids_are_stable_content_hashes(spark: SparkSession, tmp_path: Path) -> N
     assert records(load(spark, path, "pretrain"))[0]["id"] == ids[0]
 
 
-def test_empty_file_has_no_records(spark: SparkSession, tmp_path: Path) -> None:
+def test_an_input_of_only_empty_files_fails_before_spark(tmp_path: Path) -> None:
     path = tmp_path / "empty.jsonl"
     path.write_text("")
-    imp = load(spark, path, "pretrain")
-    assert imp.records_in == 0 and imp.accepted.count() == 0
+    with pytest.raises(ReaderError, match=r"holds only empty files .*: empty.jsonl"):
+        resolve_input(InputSource(uri=str(path)), "pretrain", 0)
 
 
 def test_json_array_uses_record_numbers(spark: SparkSession, tmp_path: Path) -> None:
@@ -119,9 +119,9 @@ def test_csv_with_bom_field_map_and_multiline_field(spark: SparkSession, tmp_pat
     assert rejects(imp) == [(4, "missing required field answer")]
 
 
-def test_empty_csv(spark: SparkSession, tmp_path: Path) -> None:
-    path = tmp_path / "empty.csv"
-    path.write_text("")
+def test_header_only_csv_has_no_records(spark: SparkSession, tmp_path: Path) -> None:
+    path = tmp_path / "header.csv"
+    path.write_text("context,target\n")
     assert load(spark, path, "sft", format="csv").records_in == 0
 
 
