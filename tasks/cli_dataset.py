@@ -58,6 +58,9 @@ def cmd_import(args: argparse.Namespace) -> int:
         note=args.note,
         tags=_tags(args.tags),
         run_key=args.run_key,
+        modality=args.modality,
+        labelled=not args.unlabelled,
+        encoding=args.encoding,
     )
     text = (
         f"{v['ref']}: {v['accepted']} accepted, {v['quarantined_count']} quarantined"
@@ -66,6 +69,57 @@ def cmd_import(args: argparse.Namespace) -> int:
     if v.get("quarantine_uri"):
         text += f"\nquarantine: {v['quarantine_uri']}"
     _out(v, args.json, text)
+    return 0
+
+
+def cmd_mix(args: argparse.Namespace) -> int:
+    from tasks import datasets
+
+    v = datasets.mix(
+        args.dataset,
+        args.part,
+        by=args.by,
+        inputs=args.input,
+        preset=args.preset,
+        total=args.total,
+        baseline=args.baseline,
+        seed=args.seed,
+        sampling=args.sampling,
+        note=args.note,
+        run_key=args.run_key,
+    )
+    lines = [f"{v['ref']}: {v['record_count']} records mixed from {', '.join(v['parents'])}"]
+    for p in v.get("mix", {}).get("parts", []):
+        lines.append(
+            f"  {p['part']}: took {p['taken']} of {p['available']}, proportion {p['achieved_proportion']}"
+            f" (requested {p['requested_proportion']}{', exact' if p['exact'] else ''})"
+            + (f", {p['upsampled_copies']} up-sampled copies" if p.get("upsampled_copies") else "")
+        )
+    lines += [f"  warning: {w}" for w in v.get("mix", {}).get("warnings", [])]
+    _out(v, args.json, "\n".join(lines))
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from tasks import datasets
+
+    v = datasets.publish(
+        args.ref,
+        fmt=args.format,
+        visibility=args.visibility,
+        validation_ratio=args.validation_ratio,
+        validation_count=args.validation_count,
+        seed=args.seed,
+        override_reason=args.override_reason,
+        user=args.user,
+    )
+    exp = v["export"]
+    counts = ", ".join(f"{k} {n}" for k, n in exp["counts"].items())
+    _out(
+        v,
+        args.json,
+        f"{v['ref']} published ({exp['format']}, {v['visibility']}): {counts}\nexport: {exp['output_uri']}",
+    )
     return 0
 
 
@@ -163,6 +217,64 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--note", default="", help="note kept on the version")
     c.add_argument("--tags", default="", help="comma-separated version tags")
     c.add_argument("--run-key", default=None, help="idempotency key: a retry with the same key commits once")
+    c.add_argument(
+        "--modality", choices=("text", "image"), default="text", help="image: vision Q&A with images"
+    )
+    c.add_argument("--unlabelled", action="store_true", help="the records hold questions only (no target)")
+    c.add_argument(
+        "--encoding", choices=("utf-8", "gb18030"), default="utf-8", help="text encoding of the files"
+    )
+
+    c = cmd(
+        "mix", "mix two or more versions into the next version of SCENE/NAME (by dataset or by tag)", cmd_mix
+    )
+    c.add_argument("dataset", metavar="SCENE/NAME", help="target dataset (created when new)")
+    c.add_argument(
+        "--part",
+        action="append",
+        required=True,
+        metavar="KEY=VALUE,...",
+        help="a share: ref=SCENE/NAME@Vn or tags=a+b, with ratio=R, count=N or role=ROLE (with --preset); "
+        "repeat for each part",
+    )
+    c.add_argument(
+        "--by", choices=("dataset", "tag"), default="dataset", help="parts are versions or tag selectors"
+    )
+    c.add_argument(
+        "--input", action="append", metavar="REF", help="by tag: a version the tag parts select from"
+    )
+    c.add_argument(
+        "--preset",
+        default=None,
+        help="pretrain-industry-general (1:6), sft-industry-general (1:3) or distill (1:1:1)",
+    )
+    c.add_argument("--total", type=int, default=None, help="target size of the mix (ratios)")
+    c.add_argument("--baseline", default=None, help="the part kept whole; the others scale to it (ratios)")
+    c.add_argument("--seed", type=int, default=0, help="sampling seed: same spec, same records")
+    c.add_argument(
+        "--sampling", choices=("down", "up", "both"), default=None, help="may drop / repeat records"
+    )
+    c.add_argument("--note", default="", help="note kept on the version")
+    c.add_argument("--run-key", default=None, help="idempotency key: a retry with the same key commits once")
+
+    c = cmd(
+        "publish",
+        "export a version (format, split) atomically and make it selectable for training",
+        cmd_publish,
+    )
+    c.add_argument("ref", metavar="SCENE/NAME@Vn")
+    c.add_argument(
+        "--format", choices=("standard", "openai", "sharegpt"), default="standard", help="export format"
+    )
+    c.add_argument("--visibility", choices=("private", "public"), default="private", help="who may select it")
+    split = c.add_mutually_exclusive_group()
+    split.add_argument("--validation-ratio", type=float, default=None, help="share held out for validation")
+    split.add_argument("--validation-count", type=int, default=None, help="records held out for validation")
+    c.add_argument("--seed", type=int, default=0, help="split seed")
+    c.add_argument(
+        "--override-reason", default=None, help="publish despite a failed quality suite (recorded)"
+    )
+    c.add_argument("--user", default=None, help="who publishes (recorded with an override)")
 
     c = cmd("list", "list datasets", cmd_list)
     c.add_argument("scene", nargs="?", default=None, help="only this scene")

@@ -112,6 +112,7 @@ def commit_from_manifest(
             "inputs": manifest.get("inputs", []),
             "operators": manifest.get("operators", []),
             "quarantine_file": (manifest.get("files") or {}).get("quarantine"),
+            **({"mix": manifest["mix"]} if "mix" in manifest else {}),
         },
         code_version=manifest.get("code_version") or code_version(),
         **attrs,
@@ -131,6 +132,9 @@ def import_file(
     note: str = "",
     tags: list[str] | None = None,
     run_key: str | None = None,
+    modality: str = "text",
+    labelled: bool = True,
+    encoding: str = "utf-8",
     catalog: Catalog | None = None,
 ) -> dict[str, Any]:
     """Import a file or directory as the next version of an existing dataset; returns the version.
@@ -163,9 +167,12 @@ def import_file(
                 format=fmt,
                 source=source_label,
                 field_map=field_map or {},
+                encoding=encoding,
             )
         ],
         usage=usage,
+        modality=modality,
+        labelled=labelled,
         operators=steps,
         output_uri=version_uri(scene, name, run_key, lake),
         max_reject_ratio=max_reject_ratio,
@@ -185,6 +192,173 @@ def import_file(
         source=path,
     )
     return _version_summary(info)
+
+
+def _part(text: str) -> dict[str, Any]:
+    """``ref=general/a@V1,ratio=6`` / ``tags=lang:zh+len:short,count=500`` / ``ref=...,role=industry``."""
+    part: dict[str, Any] = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in ("ref", "tags", "ratio", "count", "role", "name"):
+            raise ValueError(
+                f"mix part {text!r}: expected comma-separated key=value with keys ref, tags, ratio, count, "
+                "role, name (e.g. ref=general/web@V2,ratio=6 or tags=lang:zh+domain:law,count=500)"
+            )
+        if key == "tags":
+            part["tags"] = [t for t in value.split("+") if t]
+        elif key == "ratio":
+            part["ratio"] = float(value)
+        elif key == "count":
+            part["count"] = int(value)
+        else:
+            part[key] = value.strip()
+    return part
+
+
+def mix(
+    target: str,
+    parts: list[str | dict[str, Any]],
+    *,
+    by: str = "dataset",
+    inputs: list[str] | None = None,
+    preset: str | None = None,
+    total: int | None = None,
+    baseline: str | None = None,
+    seed: int = 0,
+    sampling: str | None = None,
+    note: str = "",
+    run_key: str | None = None,
+    catalog: Catalog | None = None,
+) -> dict[str, Any]:
+    """Mix two or more versions (by dataset or by tag) into the next version of ``target`` (created when
+    new, in the first part's scene); the version's parents are the mixed versions."""
+    from spark_ops.mix import run
+    from tasks.data import version_uri
+    from tasks.specs import MixSpec
+
+    scene, name = dataset_ref(target)
+    cat = catalog or Catalog.from_settings()
+    run_key = run_key or f"mix-{uuid.uuid4().hex[:16]}"
+    if cat.dataset_exists(scene, name) and (done := cat.find_version(scene, name, run_key)) is not None:
+        return _version_summary(done)
+
+    def resolve(ref: str) -> dict[str, str]:
+        info = cat.get_version(ref)  # @latest / @published become the exact @Vn mixed
+        return {"ref": info.ref, "uri": info.uri}
+
+    spec_parts = []
+    for p in parts:
+        part = _part(p) if isinstance(p, str) else dict(p)
+        if "ref" in part:
+            part.update(resolve(part["ref"]))
+        spec_parts.append(part)
+    lake = Lake.from_settings()
+    spec = MixSpec(
+        run_key=run_key,
+        by=by,
+        inputs=[resolve(r) for r in inputs or []],
+        parts=spec_parts,
+        preset=preset,
+        total=total,
+        baseline=baseline,
+        seed=seed,
+        sampling=sampling,
+        output_uri=version_uri(scene, name, run_key, lake),
+    )
+    result = run(spec)
+    cat.ensure_dataset(scene, name, note=note)
+    info = commit_from_manifest(
+        cat,
+        scene,
+        name,
+        run_key=run_key,
+        output_uri=spec.output_uri,
+        usage=result["usage"],
+        recipe=[],
+        parents=result["parents"],
+        lake=lake,
+        note=note,
+        source="mix of " + ", ".join(result["parents"]),
+    )
+    out = _version_summary(info)
+    out["mix"] = {"parts": result["parts"], "warnings": result["warnings"]}
+    return out
+
+
+def publish(
+    ref: str,
+    *,
+    fmt: str = "standard",
+    visibility: str = "private",
+    validation_ratio: float | None = None,
+    validation_count: int | None = None,
+    seed: int = 0,
+    override_reason: str | None = None,
+    user: str | None = None,
+    run_key: str | None = None,
+    catalog: Catalog | None = None,
+) -> dict[str, Any]:
+    """Export a version (format, split) atomically, then mark it published with what was written.
+
+    The export directory is derived from the version, so a retry (or a run killed mid-way and started
+    again) writes the same place and the engine finishes or finds the one complete export."""
+    from spark_ops.publish import run
+    from tasks.specs import PublishSpec
+
+    cat = catalog or Catalog.from_settings()
+    info = cat.get_version(ref)
+    decision = _quality_gate(info, override_reason, user)
+    lake = Lake.from_settings()
+    spec = PublishSpec(
+        run_key=run_key or f"publish-{info.scene}-{info.dataset}-v{info.number}",
+        version_uri=info.uri,
+        ref=info.ref,
+        format=fmt,
+        visibility=visibility,
+        validation_ratio=validation_ratio,
+        validation_count=validation_count,
+        seed=seed,
+        output_uri=lake.uri("published", info.scene, info.dataset, f"v{info.number}"),
+    )
+    if info.status == "published" and info.publication:
+        same = info.publication.get("format") == fmt and info.visibility == visibility
+        if not same:
+            raise CatalogError(
+                f"{info.ref} is already published as {info.publication.get('format')} ({info.visibility}); "
+                "a published version does not change"
+            )
+    result = run(spec)
+    publication = {k: v for k, v in result.items() if k != "already_published"}
+    if decision.get("override"):
+        publication["quality_override"] = decision["override"]
+    out = cat.publish(info.ref, publication=publication, visibility=visibility)
+    return {**_version_summary(out), "export": result}
+
+
+def _quality_gate(info: VersionInfo, override_reason: str | None, user: str | None) -> dict[str, Any]:
+    """A version whose quality suite failed is published only with an override reason (recorded)."""
+    quality = info.quality or {}
+    suite = quality.get("expectations") or quality.get("suite") or {}
+    if not quality or suite.get("success", True):
+        return {"allowed": True}
+    failed = [e.get("name", "?") for e in suite.get("results", []) if not e.get("success", True)]
+    if not (override_reason or "").strip():
+        raise CatalogError(
+            f"{info.ref} failed its quality suite ({', '.join(failed) or 'see its report'}); publish it anyway "
+            "only with an override reason (--override-reason TEXT), which is recorded"
+        )
+    from tasks.catalog import now
+
+    return {
+        "allowed": True,
+        "override": {
+            "reason": override_reason.strip(),
+            "by": user or "",
+            "at": now().isoformat(),
+            "failed": failed,
+        },
+    }
 
 
 def _version_summary(info: VersionInfo) -> dict[str, Any]:
@@ -303,6 +477,12 @@ def format_lineage(tree: dict[str, Any]) -> str:
     def walk(n: dict[str, Any], depth: int) -> None:
         pad = "  " * depth + ("<- " if depth else "")
         recipe = " > ".join(n["recipe"]) or "(import only)"
+        if n.get("mix"):
+            m = n["mix"]
+            shares = ", ".join(
+                f"{p['part']} {p['taken']}/{p['available']} = {p['achieved_proportion']}" for p in m["parts"]
+            )
+            recipe = f"mix by {m['by']}, seed {m['seed']}: {shares}"
         lines.append(
             f"{pad}{n['ref']}  [{n['usage']}, {n['status']}]  {n['records']} records"
             + (f", {n['quarantined']} quarantined" if n["quarantined"] else "")
@@ -333,7 +513,9 @@ __all__ = [
     "import_file",
     "lineage",
     "list_datasets",
+    "mix",
     "models_trained_on",
+    "publish",
     "preview",
     "show",
 ]

@@ -230,3 +230,59 @@ def test_lineage_walks_parents_and_finds_models(home: Path, capsys: pytest.Captu
     assert lines[-1].startswith("-> models:/tiny-chat/1  (sft_lora, MLflow run ")
     tree = cli_json(capsys, "dataset", "lineage", "general/clean@V1")
     assert tree["parents"][0]["ref"] == "general/raw@V1" and tree["parents"][0]["parents"] == []
+
+
+def test_mix_publish_and_usage_rules(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name, n in (("industry", 20), ("general", 200)):
+        cli_json(capsys, "dataset", "create", f"law/{name}")
+        f = home / f"{name}.jsonl"
+        f.write_text(
+            "".join(
+                json.dumps(
+                    {"context": [f"{name} 问题 {i}"], "target": f"{name} 答案 {i}。"}, ensure_ascii=False
+                )
+                + "\n"
+                for i in range(n)
+            ),
+            encoding="utf-8",
+        )
+        cli_json(capsys, "dataset", "import", f"law/{name}", str(f), "--usage", "sft")
+    mixed = cli_json(
+        capsys,
+        "dataset",
+        "mix",
+        "law/mixed",
+        "--preset",
+        "sft-industry-general",
+        "--part",
+        "ref=law/industry@V1,role=industry",
+        "--part",
+        "ref=law/general@latest,role=general",
+    )
+    assert mixed["ref"] == "law/mixed@V1" and mixed["parents"] == ["law/industry@V1", "law/general@V1"]
+    shares = {p["part"]: p for p in mixed["mix"]["parts"]}
+    assert shares["law/industry@V1"]["taken"] == 20 and shares["law/general@V1"]["taken"] == 60  # 1:3
+    assert all(p["exact"] for p in shares.values())
+
+    # not published yet: training refuses it; publishing makes it selectable, once
+    cat = Catalog.from_settings()
+    with pytest.raises(Exception, match="not published"):
+        cat.select_for("law/mixed@V1", "sft_lora")
+    pub = cli_json(
+        capsys, "dataset", "publish", "law/mixed@V1", "--format", "openai", "--validation-count", "8"
+    )
+    assert pub["status"] == "published" and pub["export"]["counts"] == {"train": 72, "validation": 8}
+    first = Path(pub["export"]["output_uri"].removeprefix("file://")) / "train"
+    line = json.loads(next(first.glob("*.jsonl")).read_text(encoding="utf-8").splitlines()[0])
+    assert [m["role"] for m in line["messages"]] == ["user", "assistant"]
+    assert cat.select_for("law/mixed@V1", "sft_lora").publication["format"] == "openai"
+    with pytest.raises(Exception, match="pretrain can only use pretrain data"):
+        cat.select_for("law/mixed@V1", "pretrain")
+    again = cli_json(
+        capsys, "dataset", "publish", "law/mixed@V1", "--format", "openai", "--validation-count", "8"
+    )
+    assert again["published_at"] == pub["published_at"]
+    rc, _, err = cli(capsys, "dataset", "publish", "law/mixed@V1", "--format", "sharegpt")
+    assert rc == 1 and "already published" in err
+    rc, out, _ = cli(capsys, "dataset", "lineage", "law/mixed@V1")
+    assert "mix by dataset, seed 0: law/industry@V1 20/20 = 1/4, law/general@V1 60/200 = 3/4" in out
