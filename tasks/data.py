@@ -100,3 +100,71 @@ def commit_processed(
 
 def publish(ref: str) -> dict[str, Any]:
     return Catalog.from_settings().publish(ref).to_dict()
+
+
+# ---------------------------------------------------------------- mix and publish (dataset_mix_publish DAG)
+
+
+def build_mix_spec(params: dict[str, Any], run_key: str) -> str | None:
+    """The mix spec of the run's Params written to the lake, or None when the run only publishes."""
+    from tasks.datasets import mix_spec
+
+    parts = params.get("parts") or []
+    if not parts:
+        return None
+    spec = mix_spec(
+        params["target"],
+        parts,
+        run_key=run_key,
+        by=params.get("by") or "dataset",
+        inputs=params.get("inputs") or [],
+        preset=params.get("preset") or None,
+        total=params.get("total") or None,
+        baseline=params.get("baseline") or None,
+        seed=int(params.get("seed") or 0),
+        sampling=params.get("sampling") or None,
+    )
+    return prepare(spec, "spark_ops.mix")
+
+
+def commit_mix_version(spec_uri: str | None, params: dict[str, Any]) -> str:
+    """Commit the mixed version (idempotent per run); returns the reference the run publishes."""
+    from tasks.datasets import commit_mix
+    from tasks.specs import MixSpec
+
+    if spec_uri is None:
+        if not params.get("version"):
+            raise ValueError(
+                "give either parts (at least two, to mix) or version (SCENE/NAME@Vn, to publish)"
+            )
+        return Catalog.from_settings().get_version(params["version"]).ref
+    lake = Lake.from_settings()
+    read_result(spec_uri, lake)
+    spec = MixSpec.model_validate(lake.read_json(spec_uri))
+    return commit_mix(params["target"], spec, note=params.get("note") or "", lake=lake)["ref"]
+
+
+def build_publish_spec(ref: str, params: dict[str, Any], user: str | None = None) -> dict[str, Any]:
+    """Check the quality gate and write the export spec; returns {spec_uri, decision}."""
+    from tasks.datasets import publish_spec, quality_gate
+
+    info = Catalog.from_settings().get_version(ref)
+    decision = quality_gate(info, params.get("override_reason") or None, user)
+    spec = publish_spec(
+        info,
+        fmt=params.get("format") or "standard",
+        visibility=params.get("visibility") or "private",
+        validation_ratio=params.get("validation_ratio"),
+        validation_count=params.get("validation_count"),
+        seed=int(params.get("seed") or 0),
+    )
+    return {"spec_uri": prepare(spec, "spark_ops.publish"), "ref": info.ref, "decision": decision}
+
+
+def finish_publication(prepared: dict[str, Any]) -> dict[str, Any]:
+    """Record the finished export in the catalogue: the version becomes published (and selectable)."""
+    from tasks.datasets import record_publication
+
+    result = read_result(prepared["spec_uri"])
+    info = Catalog.from_settings().get_version(prepared["ref"])
+    return record_publication(info, result, prepared["decision"])

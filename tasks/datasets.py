@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tasks.catalog import Catalog, CatalogError, VersionInfo, parse_ref
 from tasks.records import DATA_DIR, MANIFEST
 from tasks.specs import InputSource, ProcessSpec, check_name
 from tasks.storage import Lake, local_path, to_uri
 from tasks.version import code_version
+
+if TYPE_CHECKING:
+    from tasks.specs import MixSpec, PublishSpec
 
 DEFAULT_IMPORT_RECIPE = "import-only"
 PREVIEW_LIMIT = 100
@@ -216,10 +219,11 @@ def _part(text: str) -> dict[str, Any]:
     return part
 
 
-def mix(
+def mix_spec(
     target: str,
     parts: list[str | dict[str, Any]],
     *,
+    run_key: str,
     by: str = "dataset",
     inputs: list[str] | None = None,
     preset: str | None = None,
@@ -227,21 +231,15 @@ def mix(
     baseline: str | None = None,
     seed: int = 0,
     sampling: str | None = None,
-    note: str = "",
-    run_key: str | None = None,
     catalog: Catalog | None = None,
-) -> dict[str, Any]:
-    """Mix two or more versions (by dataset or by tag) into the next version of ``target`` (created when
-    new, in the first part's scene); the version's parents are the mixed versions."""
-    from spark_ops.mix import run
+    lake: Lake | None = None,
+) -> MixSpec:
+    """The engine spec of a mix into ``target``: part references resolved to exact versions and URIs."""
     from tasks.data import version_uri
     from tasks.specs import MixSpec
 
     scene, name = dataset_ref(target)
     cat = catalog or Catalog.from_settings()
-    run_key = run_key or f"mix-{uuid.uuid4().hex[:16]}"
-    if cat.dataset_exists(scene, name) and (done := cat.find_version(scene, name, run_key)) is not None:
-        return _version_summary(done)
 
     def resolve(ref: str) -> dict[str, str]:
         info = cat.get_version(ref)  # @latest / @published become the exact @Vn mixed
@@ -253,8 +251,7 @@ def mix(
         if "ref" in part:
             part.update(resolve(part["ref"]))
         spec_parts.append(part)
-    lake = Lake.from_settings()
-    spec = MixSpec(
+    return MixSpec(
         run_key=run_key,
         by=by,
         inputs=[resolve(r) for r in inputs or []],
@@ -266,51 +263,85 @@ def mix(
         sampling=sampling,
         output_uri=version_uri(scene, name, run_key, lake),
     )
-    result = run(spec)
+
+
+def commit_mix(
+    target: str, spec: MixSpec, *, note: str = "", catalog: Catalog | None = None, lake: Lake | None = None
+) -> dict[str, Any]:
+    """Register a finished mix as the next version of ``target`` (created when new); parents = the inputs."""
+    scene, name = dataset_ref(target)
+    cat = catalog or Catalog.from_settings()
+    lake = lake or Lake.from_settings()
+    manifest = lake.read_json(f"{spec.output_uri}/{MANIFEST}")
     cat.ensure_dataset(scene, name, note=note)
     info = commit_from_manifest(
         cat,
         scene,
         name,
-        run_key=run_key,
+        run_key=spec.run_key,
         output_uri=spec.output_uri,
-        usage=result["usage"],
+        usage=manifest["usage"],
         recipe=[],
-        parents=result["parents"],
+        parents=manifest["parents"],
         lake=lake,
         note=note,
-        source="mix of " + ", ".join(result["parents"]),
+        source="mix of " + ", ".join(manifest["parents"]),
     )
     out = _version_summary(info)
-    out["mix"] = {"parts": result["parts"], "warnings": result["warnings"]}
+    out["mix"] = {"parts": manifest["mix"]["parts"], "warnings": manifest["mix"]["warnings"]}
     return out
 
 
-def publish(
-    ref: str,
+def mix(
+    target: str,
+    parts: list[str | dict[str, Any]],
+    *,
+    note: str = "",
+    run_key: str | None = None,
+    catalog: Catalog | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Mix two or more versions (by dataset or by tag) into the next version of ``target`` in this process.
+    ``options``: by, inputs, preset, total, baseline, seed, sampling (see MixSpec)."""
+    from spark_ops.mix import run
+
+    scene, name = dataset_ref(target)
+    cat = catalog or Catalog.from_settings()
+    run_key = run_key or f"mix-{uuid.uuid4().hex[:16]}"
+    if cat.dataset_exists(scene, name) and (done := cat.find_version(scene, name, run_key)) is not None:
+        return _version_summary(done)
+    lake = Lake.from_settings()
+    spec = mix_spec(target, parts, run_key=run_key, catalog=cat, lake=lake, **options)
+    run(spec)
+    return commit_mix(target, spec, note=note, catalog=cat, lake=lake)
+
+
+def publish_spec(
+    info: VersionInfo,
     *,
     fmt: str = "standard",
     visibility: str = "private",
     validation_ratio: float | None = None,
     validation_count: int | None = None,
     seed: int = 0,
-    override_reason: str | None = None,
-    user: str | None = None,
     run_key: str | None = None,
-    catalog: Catalog | None = None,
-) -> dict[str, Any]:
-    """Export a version (format, split) atomically, then mark it published with what was written.
-
-    The export directory is derived from the version, so a retry (or a run killed mid-way and started
-    again) writes the same place and the engine finishes or finds the one complete export."""
-    from spark_ops.publish import run
+    lake: Lake | None = None,
+) -> PublishSpec:
+    """The export spec of a version. Its directory derives from the version, so a retry (or a run killed
+    mid-way and started again) writes the same place and finds the one complete export."""
     from tasks.specs import PublishSpec
 
-    cat = catalog or Catalog.from_settings()
-    info = cat.get_version(ref)
-    decision = _quality_gate(info, override_reason, user)
-    lake = Lake.from_settings()
-    spec = PublishSpec(
+    lake = lake or Lake.from_settings()
+    if (
+        info.status == "published"
+        and info.publication
+        and (info.publication.get("format") != fmt or info.visibility != visibility)
+    ):
+        raise CatalogError(
+            f"{info.ref} is already published as {info.publication.get('format')} ({info.visibility}); "
+            "a published version does not change"
+        )
+    return PublishSpec(
         run_key=run_key or f"publish-{info.scene}-{info.dataset}-v{info.number}",
         version_uri=info.uri,
         ref=info.ref,
@@ -321,22 +352,40 @@ def publish(
         seed=seed,
         output_uri=lake.uri("published", info.scene, info.dataset, f"v{info.number}"),
     )
-    if info.status == "published" and info.publication:
-        same = info.publication.get("format") == fmt and info.visibility == visibility
-        if not same:
-            raise CatalogError(
-                f"{info.ref} is already published as {info.publication.get('format')} ({info.visibility}); "
-                "a published version does not change"
-            )
-    result = run(spec)
-    publication = {k: v for k, v in result.items() if k != "already_published"}
+
+
+def record_publication(
+    info: VersionInfo, result: dict[str, Any], decision: dict[str, Any], catalog: Catalog | None = None
+) -> dict[str, Any]:
+    """Mark the version published with what the export engine wrote (one transaction)."""
+    cat = catalog or Catalog.from_settings()
+    publication = {k: v for k, v in result.items() if k not in ("already_published", "status")}
     if decision.get("override"):
         publication["quality_override"] = decision["override"]
-    out = cat.publish(info.ref, publication=publication, visibility=visibility)
+    out = cat.publish(info.ref, publication=publication, visibility=result["visibility"])
     return {**_version_summary(out), "export": result}
 
 
-def _quality_gate(info: VersionInfo, override_reason: str | None, user: str | None) -> dict[str, Any]:
+def publish(
+    ref: str,
+    *,
+    override_reason: str | None = None,
+    user: str | None = None,
+    catalog: Catalog | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Export a version atomically (``options``: fmt, visibility, validation_ratio, validation_count,
+    seed, run_key) and mark it published; a failed quality suite needs an override reason."""
+    from spark_ops.publish import run
+
+    cat = catalog or Catalog.from_settings()
+    info = cat.get_version(ref)
+    decision = quality_gate(info, override_reason, user)
+    result = run(publish_spec(info, **options))
+    return record_publication(info, result, decision, cat)
+
+
+def quality_gate(info: VersionInfo, override_reason: str | None, user: str | None) -> dict[str, Any]:
     """A version whose quality suite failed is published only with an override reason (recorded)."""
     quality = info.quality or {}
     suite = quality.get("expectations") or quality.get("suite") or {}
@@ -513,9 +562,14 @@ __all__ = [
     "import_file",
     "lineage",
     "list_datasets",
+    "commit_mix",
     "mix",
+    "mix_spec",
     "models_trained_on",
     "publish",
+    "publish_spec",
+    "quality_gate",
+    "record_publication",
     "preview",
     "show",
 ]

@@ -30,7 +30,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("forgeflow.runner")
 
-ENGINES = ("spark_ops.run", "trainers.train", "trainers.evaluate", "serving.deploy")
+ENGINES = (
+    "spark_ops.run",
+    "spark_ops.mix",
+    "spark_ops.publish",
+    "trainers.train",
+    "trainers.evaluate",
+    "serving.deploy",
+)
 # Settings an engine needs wherever it runs; passed through to subprocesses and pods.
 PASS_THROUGH_ENV = (
     "FORGEFLOW_HOME",

@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
-EXPECTED = {"dataset_process", "dataset_review", "model_train", "model_evaluate", "model_serve"}
+EXPECTED = {"dataset_process", "dataset_mix_publish", "dataset_review", "model_train", "model_evaluate", "model_serve"}
 PARSE_BUDGET_S = 0.3
 HEAVY = ["torch", "transformers", "peft", "deepspeed", "pyspark", "mlflow", "great_expectations", "vllm",
          "pandas", "numpy", "pyarrow", "boto3"]
