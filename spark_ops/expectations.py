@@ -169,6 +169,7 @@ def _compact(res: Any, exp: dict[str, Any], examples: int) -> dict[str, Any]:
 
 def _gx():
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no usage statistics sent anywhere
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # before the import: it logs on import
     import great_expectations as gx
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)

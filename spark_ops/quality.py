@@ -436,12 +436,14 @@ def quality_report(
     examples: int = 5,
     validation: dict[str, Any] | None = None,
     out_uri: str | None = None,
+    version_uri: str | None = None,
 ) -> dict[str, Any]:
     """Compute the statistics of the version in ``version_dir`` and write ``report.json`` + ``report.html``.
 
     ``tokenizer``: a local tokenizer directory or tokenizer.json (None: the approximation). ``validation``:
-    a suite result (:func:`spark_ops.expectations.validate_version`) to show in the report. ``out_uri``:
-    where ``out_dir`` is published (the engine stages locally for S3); the report records those URIs.
+    a suite result (:func:`spark_ops.expectations.validate_version`) to show in the report. ``out_uri`` and
+    ``version_uri``: the lake URIs of ``out_dir`` and ``version_dir`` when those are local copies (the
+    engine stages and fetches for S3); the report records the URIs.
     Returns the report (what report.json holds).
     """
     from spark_ops.quality_html import render_report
@@ -463,7 +465,7 @@ def quality_report(
     base = (out_uri or to_uri(out_dir)).rstrip("/")
     report = {
         "report_version": REPORT_VERSION,
-        "version_dir": version_dir,
+        "version_dir": version_uri or version_dir,
         "usage": usage,
         "tokenizer": {"kind": "tokenizers", "path": str(tokenizer)}
         if tokenizer
@@ -536,9 +538,13 @@ def run(spec: QualitySpec) -> dict[str, Any]:
         if owned:
             stack.callback(spark.stop)
         out_dir = stack.enter_context(lake.stage(out_uri))
+        timings = {"setup": round(time.monotonic() - started, 3)}
+        t = time.monotonic()
         validation = gxs.validate_version(
             spark, str(version_dir), spec.usage, suite, parameters, examples=spec.examples
         )
+        timings["validation"] = round(time.monotonic() - t, 3)
+        t = time.monotonic()
         report = quality_report(
             spark,
             str(version_dir),
@@ -548,7 +554,9 @@ def run(spec: QualitySpec) -> dict[str, Any]:
             examples=spec.examples,
             validation=validation,
             out_uri=out_uri,
+            version_uri=version_uri,
         )
+        timings["report"] = round(time.monotonic() - t, 3)
     log.info(
         "quality of %s: %d records, suite %s (%d of %d expectations failed)",
         version_uri,
@@ -564,7 +572,7 @@ def run(spec: QualitySpec) -> dict[str, Any]:
         "html_uri": report["files"]["html"],
         "summary": summary(report),
         "validation": validation,
-        "timings": {"total": round(time.monotonic() - started, 3)},
+        "timings": {**timings, "total": round(time.monotonic() - started, 3)},
     }
 
 

@@ -59,6 +59,11 @@ def bar_chart(chart_id: str, title: str, labels: list[str], values: list[float],
             f'<rect class="bar" x="{x + 1:.1f}" y="{top + plot_h - h:.1f}" width="{max(step - 2, 1):.1f}" '
             f'height="{h:.1f}" fill="{color}"><title>{escape(label)}: {_fmt(v)}</title></rect>'
         )
+        if v and step >= 18:  # room for the count above the bar
+            parts.append(
+                f'<text x="{x + step / 2:.1f}" y="{top + plot_h - h - 2:.1f}" font-size="8" '
+                f'text-anchor="middle">{_fmt(v)}</text>'
+            )
         tx, ty = x + step / 2, top + plot_h + 10
         parts.append(
             f'<text x="{tx:.1f}" y="{ty}" font-size="9" text-anchor="end" '
