@@ -515,3 +515,35 @@ class PublishSpec(Spec):
 
 SPEC_TYPES["spark_ops.mix"] = MixSpec
 SPEC_TYPES["spark_ops.publish"] = PublishSpec
+
+# ---------------------------------------------------------------- quality engine
+
+
+class QualitySpec(Spec):
+    """Quality report (statistics + charts) and the Great Expectations suite of one dataset version."""
+
+    version_uri: str = Field(
+        description="Lake directory of the dataset version (data/*.parquet, manifest.json)."
+    )
+    usage: Usage = Field(
+        description="The version's usage; picks the canonical columns and the default suite."
+    )
+    out_uri: str = Field(description="Lake directory the engine writes report.json and report.html into.")
+    tokenizer: str | None = Field(
+        default=None,
+        description="A Hugging Face tokenizer directory or tokenizer.json file (path or lake URI) to count "
+        "tokens with; None: the approximation CJK characters + other words.",
+    )
+    suite_uri: str | None = Field(
+        default=None,
+        description="A Great Expectations suite JSON (path or lake URI); None: include/expectations/<usage>.json.",
+    )
+    suite_parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Overrides of the suite's parameters (meta.forgeflow.parameters), e.g. {'target_max_chars': 8192}.",
+    )
+    examples: int = Field(default=5, ge=0, le=100, description="Example record ids kept per finding.")
+    spark: SparkResources = Field(default_factory=SparkResources)
+
+
+SPEC_TYPES["spark_ops.quality"] = QualitySpec

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pydantic import Field
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from spark_ops.canonical import POSITION, joined_text
@@ -12,6 +12,19 @@ from spark_ops.operators.base import KEEP, NOTE, Operator, OperatorContext, Oper
 HASH = "_dedupe_hash"
 # Duplicated hashes joined back by broadcast up to this many (~100 bytes each); above, a shuffle join.
 BROADCAST_GROUPS = 2_000_000
+
+
+def content_key(df: DataFrame, columns: tuple[str, ...], normalize: bool = True) -> Column:
+    """The text exact duplicates share: ``columns`` joined, lower-cased and whitespace-collapsed if ``normalize``.
+
+    The quality report counts duplicates with the same key, so its count is what exact_dedupe would drop.
+    """
+    types = {f.name: f.dataType for f in df.schema.fields}
+    # \u0002 between columns: ("ab", "c") and ("a", "bc") must not collide.
+    key = F.concat_ws("\u0002", *[joined_text(c, types[c]) for c in columns])
+    if normalize:
+        key = F.trim(F.regexp_replace(F.lower(key), r"[\s\p{Z}]+", " "))
+    return key
 
 
 @register
@@ -29,11 +42,7 @@ class ExactDeduplicator(Operator):
     params: Params
 
     def annotate(self, df: DataFrame, ctx: OperatorContext) -> DataFrame:
-        types = {f.name: f.dataType for f in df.schema.fields}
-        # \u0002 between columns: ("ab", "c") and ("a", "bc") must not collide.
-        key = F.concat_ws("\u0002", *[joined_text(c, types[c]) for c in self.columns(ctx)])
-        if self.params.normalize:
-            key = F.trim(F.regexp_replace(F.lower(key), r"[\s\p{Z}]+", " "))
+        key = content_key(df, self.columns(ctx), self.params.normalize)
         # Exact duplicates share their id (a content hash), so point at where the kept copy came from.
         if POSITION in df.columns:
             pos = F.col(POSITION)
