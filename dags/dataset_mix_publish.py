@@ -128,12 +128,19 @@ def dataset_mix_publish():
     def has_mix(spec_uri: str | None) -> bool:
         return spec_uri is not None
 
+    @task
+    def build_quality(spec_uri: str | None) -> str | None:
+        """The quality report + expectation suite spec of the mixed records."""
+        from tasks.data import build_quality_spec
+
+        return build_quality_spec(spec_uri)
+
     @task(trigger_rule="none_failed")
-    def commit(spec_uri: str | None) -> str:
-        """Commit the mixed version (once per run), or take the version to publish."""
+    def commit(spec_uri: str | None, quality_spec_uri: str | None) -> str:
+        """Commit the mixed version with its quality result (once per run), or take the version to publish."""
         from tasks.data import commit_mix_version
 
-        return commit_mix_version(spec_uri, dict(get_current_context()["params"]))
+        return commit_mix_version(spec_uri, dict(get_current_context()["params"]), quality_spec_uri)
 
     @task
     def build_publish(ref: str) -> dict:
@@ -171,8 +178,13 @@ def dataset_mix_publish():
     mix_spec = build_mix()
     mixed = engine_step("spark_ops.mix", mix_spec, task_id="mix", execution_timeout=timedelta(hours=4))
     has_mix(mix_spec) >> mixed
-    ref = commit(mix_spec)
-    mixed >> ref
+    quality_spec = build_quality(mix_spec)
+    mixed >> quality_spec
+    assessed = engine_step(
+        "spark_ops.quality", quality_spec, task_id="quality", execution_timeout=timedelta(hours=2)
+    )
+    ref = commit(mix_spec, quality_spec)
+    assessed >> ref
     prepared = build_publish(ref)
     exported = engine_step(
         "spark_ops.publish",

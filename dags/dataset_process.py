@@ -122,6 +122,13 @@ NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
             section="Processing",
             description="Publish the version (selectable for training; emits the Asset).",
         ),
+        "override_reason": Param(
+            "",
+            type="string",
+            section="Processing",
+            description="Publish even though the version's Great Expectations suite failed; the reason is "
+            "recorded with the publication. Empty: a failed suite blocks publishing.",
+        ),
         "num_executors": Param(
             2,
             type="integer",
@@ -167,11 +174,21 @@ def dataset_process():
         return build_process_spec(dict(ctx["params"]), run_key(ctx))
 
     @task
-    def commit_version(spec_uri: str) -> dict:
-        """Make the engine's output the next version of the dataset (once per run, even on retry)."""
+    def build_quality(spec_uri: str) -> str:
+        """The quality report + expectation suite spec of the processed records."""
+        from tasks.data import build_process_quality_spec
+
+        return build_process_quality_spec(spec_uri)
+
+    @task
+    def commit_version(spec_uri: str, quality_spec_uri: str) -> dict:
+        """Make the engine's output the next version of the dataset with its quality result (once per
+        run, even on retry)."""
         from tasks.data import commit_processed
 
-        return commit_processed(spec_uri, dict(get_current_context()["params"]))
+        return commit_processed(
+            spec_uri, dict(get_current_context()["params"]), quality_spec_uri=quality_spec_uri
+        )
 
     @task(outlets=[AssetAlias(PUBLISHED_ALIAS)])
     def publish_version(version: dict, *, outlet_events=None) -> dict:
@@ -182,7 +199,9 @@ def dataset_process():
 
         if not get_current_context()["params"]["publish"]:
             raise AirflowSkipException(f"{version['ref']} kept unpublished (publish=false)")
-        info = publish(version["ref"])
+        ctx = get_current_context()
+        user = getattr(ctx.get("dag_run"), "triggering_user_name", None)
+        info = publish(version["ref"], ctx["params"].get("override_reason") or None, user)
         asset = Asset(name=dataset_asset_name(info["usage"]), uri=dataset_asset_uri(info["usage"]))
         outlet_events[AssetAlias(PUBLISHED_ALIAS)].add(
             asset,
@@ -199,8 +218,13 @@ def dataset_process():
     processed = engine_step(
         "spark_ops.run", spec_uri, task_id="process", execution_timeout=timedelta(hours=4)
     )
-    version = commit_version(spec_uri)
-    processed >> version
+    quality_spec = build_quality(spec_uri)
+    processed >> quality_spec
+    assessed = engine_step(
+        "spark_ops.quality", quality_spec, task_id="quality", execution_timeout=timedelta(hours=2)
+    )
+    version = commit_version(spec_uri, quality_spec)
+    assessed >> version
     publish_version(version)
 
 

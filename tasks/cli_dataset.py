@@ -61,11 +61,20 @@ def cmd_import(args: argparse.Namespace) -> int:
         modality=args.modality,
         labelled=not args.unlabelled,
         encoding=args.encoding,
+        quality=not args.no_quality,
+        tokenizer=args.tokenizer,
     )
     text = (
         f"{v['ref']}: {v['accepted']} accepted, {v['quarantined_count']} quarantined"
         f" -> {v['record_count']} records ({v['usage']}, {v['status']})"
     )
+    if v.get("quality"):
+        val = v["quality"].get("validation") or {}
+        text += (
+            f"\nquality: suite {'passed' if val.get('success') else 'FAILED'}"
+            f" ({val.get('failed', 0)} of {val.get('evaluated', '?')} expectations failed),"
+            f" {v.get('token_count')} tokens; report: {v['quality'].get('html_uri')}"
+        )
     if v.get("quarantine_uri"):
         text += f"\nquarantine: {v['quarantine_uri']}"
     _out(v, args.json, text)
@@ -155,9 +164,29 @@ def cmd_show(args: argparse.Namespace) -> int:
             ]
             + ([f"  parents: {', '.join(obj['parents'])}"] if obj.get("parents") else [])
             + [f"  recipe: {' > '.join(s['name'] for s in obj['recipe']) or '(import only)'}"]
+            + _quality_lines(obj)
         )
     _out(obj, args.json, text)
     return 0
+
+
+def _quality_lines(v: dict[str, Any]) -> list[str]:
+    q = v.get("quality") or {}
+    if not q:
+        return ["  quality: not assessed"]
+    val, summ = q.get("validation") or {}, q.get("summary") or {}
+    lines = [
+        f"  quality: suite {val.get('suite', '')} {'passed' if val.get('success') else 'FAILED'}"
+        f" ({val.get('failed', 0)} of {val.get('evaluated', '?')} failed); {summ.get('tokens')} tokens"
+        f" ({summ.get('tokenizer')}), {summ.get('duplicates')} duplicates, {summ.get('pii_left')} PII left",
+        f"  report: {q.get('html_uri')}",
+    ]
+    lines += [
+        f"    failed: {e['title'] if 'title' in e else e.get('name')}"
+        for e in val.get("expectations", [])
+        if not e.get("success")
+    ]
+    return lines
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
@@ -224,6 +253,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--encoding", choices=("utf-8", "gb18030"), default="utf-8", help="text encoding of the files"
     )
+    c.add_argument("--no-quality", action="store_true", help="skip the quality report and expectation suite")
+    c.add_argument("--tokenizer", default=None, help="tokenizer.json or HF tokenizer dir counting tokens")
 
     c = cmd(
         "mix", "mix two or more versions into the next version of SCENE/NAME (by dataset or by tag)", cmd_mix

@@ -71,10 +71,13 @@ def build_process_spec(params: dict[str, Any], run_key: str) -> str:
 
 
 def commit_processed(
-    spec_uri: str, params: dict[str, Any], parents: list[str] | None = None
+    spec_uri: str,
+    params: dict[str, Any],
+    parents: list[str] | None = None,
+    quality_spec_uri: str | None = None,
 ) -> dict[str, Any]:
-    """Make the engine's output a catalogue version (idempotent for the run)."""
-    from tasks.datasets import commit_from_manifest
+    """Make the engine's output a catalogue version with its quality result (idempotent for the run)."""
+    from tasks.datasets import commit_from_manifest, quality_attrs
 
     lake = Lake.from_settings()
     read_result(spec_uri, lake)  # raises with the engine's error when it did not succeed
@@ -82,6 +85,9 @@ def commit_processed(
     cat = Catalog.from_settings()
     cat.ensure_dataset(params["scene"], params["dataset"], note=params.get("note") or "")
     sources = params["source"] if isinstance(params["source"], list) else [params["source"]]
+    quality = None
+    if quality_spec_uri is not None:
+        quality = {k: v for k, v in read_result(quality_spec_uri, lake).items() if k != "status"}
     info = commit_from_manifest(
         cat,
         params["scene"],
@@ -94,12 +100,45 @@ def commit_processed(
         lake=lake,
         note=params.get("note") or "",
         source=", ".join(s if isinstance(s, str) else str(s.get("uri")) for s in sources),
+        **quality_attrs(quality),
     )
     return {**info.to_dict(), "result_uri": result_uri_for(spec_uri)}
 
 
-def publish(ref: str) -> dict[str, Any]:
-    return Catalog.from_settings().publish(ref).to_dict()
+def publish(ref: str, override_reason: str | None = None, user: str | None = None) -> dict[str, Any]:
+    """Publish a processed version in the catalogue, behind its quality gate (a failed suite needs an
+    override reason, recorded with the publication)."""
+    from tasks.datasets import quality_gate
+
+    cat = Catalog.from_settings()
+    info = cat.get_version(ref)
+    decision = quality_gate(info, override_reason, user)
+    publication: dict[str, Any] = {
+        "format": "canonical",
+        "quality_gate": {k: decision.get(k) for k in ("reason", "failed")},
+    }
+    if decision.get("override"):
+        publication["quality_override"] = decision["override"]
+    if info.status == "published":  # a retry: the first attempt's publication stands
+        return info.to_dict()
+    return cat.publish(ref, publication=publication).to_dict()
+
+
+def build_process_quality_spec(spec_uri: str) -> str:
+    """The quality spec (report + suite) of a finished process run's output."""
+    from tasks.datasets import QUALITY_DIR
+    from tasks.specs import QualitySpec
+
+    lake = Lake.from_settings()
+    read_result(spec_uri, lake)
+    spec = ProcessSpec.model_validate(lake.read_json(spec_uri))
+    quality = QualitySpec(
+        run_key=f"{spec.run_key}-quality",
+        version_uri=spec.output_uri,
+        usage=spec.usage,
+        out_uri=f"{spec.output_uri}/{QUALITY_DIR}",
+    )
+    return prepare(quality, "spark_ops.quality")
 
 
 # ---------------------------------------------------------------- mix and publish (dataset_mix_publish DAG)
@@ -127,8 +166,30 @@ def build_mix_spec(params: dict[str, Any], run_key: str) -> str | None:
     return prepare(spec, "spark_ops.mix")
 
 
-def commit_mix_version(spec_uri: str | None, params: dict[str, Any]) -> str:
-    """Commit the mixed version (idempotent per run); returns the reference the run publishes."""
+def build_quality_spec(mix_spec_uri: str | None) -> str | None:
+    """The quality spec (report + expectation suite) of the finished mix output; None without a mix."""
+    from tasks.datasets import QUALITY_DIR
+    from tasks.specs import MixSpec, QualitySpec
+
+    if mix_spec_uri is None:
+        return None
+    lake = Lake.from_settings()
+    result = read_result(mix_spec_uri, lake)
+    spec = MixSpec.model_validate(lake.read_json(mix_spec_uri))
+    quality = QualitySpec(
+        run_key=f"{spec.run_key}-quality",
+        version_uri=spec.output_uri,
+        usage=result["usage"],
+        out_uri=f"{spec.output_uri}/{QUALITY_DIR}",
+    )
+    return prepare(quality, "spark_ops.quality")
+
+
+def commit_mix_version(
+    spec_uri: str | None, params: dict[str, Any], quality_spec_uri: str | None = None
+) -> str:
+    """Commit the mixed version with its quality result (idempotent per run); returns the reference the
+    run publishes: the mixed version, or the ``version`` Param when there is nothing to mix."""
     from tasks.datasets import commit_mix
     from tasks.specs import MixSpec
 
@@ -141,7 +202,11 @@ def commit_mix_version(spec_uri: str | None, params: dict[str, Any]) -> str:
     lake = Lake.from_settings()
     read_result(spec_uri, lake)
     spec = MixSpec.model_validate(lake.read_json(spec_uri))
-    return commit_mix(params["target"], spec, note=params.get("note") or "", lake=lake)["ref"]
+    quality: bool | dict[str, Any] = False
+    if quality_spec_uri is not None:
+        quality = {k: v for k, v in read_result(quality_spec_uri, lake).items() if k != "status"}
+    note = params.get("note") or ""
+    return commit_mix(params["target"], spec, note=note, quality=quality, lake=lake)["ref"]
 
 
 def build_publish_spec(ref: str, params: dict[str, Any], user: str | None = None) -> dict[str, Any]:

@@ -72,6 +72,44 @@ def _dir_size(lake: Lake, uri: str) -> int | None:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.exists() else None
 
 
+QUALITY_DIR = "quality"
+
+
+def assess(
+    output_uri: str, usage: str, run_key: str, *, tokenizer: str | None = None, suite_parameters=None
+) -> dict[str, Any]:
+    """Quality report + expectation suite of a finished engine output (before it is committed), in this
+    process; what the catalogue keeps as the version's ``quality``."""
+    from spark_ops.quality import run
+    from tasks.specs import QualitySpec
+
+    result = run(
+        QualitySpec(
+            run_key=f"{run_key}-quality",
+            version_uri=output_uri,
+            usage=usage,
+            out_uri=f"{output_uri}/{QUALITY_DIR}",
+            tokenizer=tokenizer,
+            suite_parameters=suite_parameters or {},
+        )
+    )
+    return {k: v for k, v in result.items() if k != "status"}
+
+
+def quality_attrs(quality: dict[str, Any] | None) -> dict[str, Any]:
+    """Catalogue attributes that come from a quality result: the result, tokens, tokenizer, main language."""
+    if not quality:
+        return {}
+    summary = quality.get("summary") or {}
+    languages = summary.get("languages") or {}
+    attrs: dict[str, Any] = {"quality": quality, "tokenizer": str(summary.get("tokenizer") or "")}
+    if summary.get("tokens") is not None:
+        attrs["token_count"] = int(summary["tokens"])
+    if languages:
+        attrs["language"] = max(languages, key=languages.get)
+    return attrs
+
+
 def commit_from_manifest(
     cat: Catalog,
     scene: str,
@@ -138,9 +176,15 @@ def import_file(
     modality: str = "text",
     labelled: bool = True,
     encoding: str = "utf-8",
+    quality: bool = True,
+    tokenizer: str | None = None,
     catalog: Catalog | None = None,
 ) -> dict[str, Any]:
     """Import a file or directory as the next version of an existing dataset; returns the version.
+
+    ``quality``: also write the version's quality report and run its expectation suite (the result is
+    kept with the version and gates publication); ``tokenizer`` counts its tokens (a tokenizer.json or
+    a Hugging Face tokenizer directory; default: CJK characters + other words).
 
     ``run_key`` makes a retry idempotent (same key: the committed version is returned, nothing re-run)."""
     from spark_ops.run import run
@@ -181,6 +225,7 @@ def import_file(
         max_reject_ratio=max_reject_ratio,
     )
     run(spec)
+    q = assess(spec.output_uri, usage, run_key, tokenizer=tokenizer) if quality else None
     info = commit_from_manifest(
         cat,
         scene,
@@ -193,6 +238,7 @@ def import_file(
         note=note,
         tags=list(tags or []),
         source=path,
+        **quality_attrs(q),
     )
     return _version_summary(info)
 
@@ -266,7 +312,13 @@ def mix_spec(
 
 
 def commit_mix(
-    target: str, spec: MixSpec, *, note: str = "", catalog: Catalog | None = None, lake: Lake | None = None
+    target: str,
+    spec: MixSpec,
+    *,
+    note: str = "",
+    quality: bool | dict[str, Any] = True,
+    catalog: Catalog | None = None,
+    lake: Lake | None = None,
 ) -> dict[str, Any]:
     """Register a finished mix as the next version of ``target`` (created when new); parents = the inputs."""
     scene, name = dataset_ref(target)
@@ -274,7 +326,12 @@ def commit_mix(
     lake = lake or Lake.from_settings()
     manifest = lake.read_json(f"{spec.output_uri}/{MANIFEST}")
     cat.ensure_dataset(scene, name, note=note)
-    info = commit_from_manifest(
+    existing = cat.find_version(scene, name, spec.run_key)
+    # quality: True assesses here, a dict is the result of the quality engine (the DAG), False skips
+    q = quality if isinstance(quality, dict) else None
+    if quality is True and existing is None:
+        q = assess(spec.output_uri, manifest["usage"], spec.run_key)
+    info = existing or commit_from_manifest(
         cat,
         scene,
         name,
@@ -286,6 +343,7 @@ def commit_mix(
         lake=lake,
         note=note,
         source="mix of " + ", ".join(manifest["parents"]),
+        **quality_attrs(q),
     )
     out = _version_summary(info)
     out["mix"] = {"parts": manifest["mix"]["parts"], "warnings": manifest["mix"]["warnings"]}
@@ -298,6 +356,7 @@ def mix(
     *,
     note: str = "",
     run_key: str | None = None,
+    quality: bool = True,
     catalog: Catalog | None = None,
     **options: Any,
 ) -> dict[str, Any]:
@@ -313,7 +372,7 @@ def mix(
     lake = Lake.from_settings()
     spec = mix_spec(target, parts, run_key=run_key, catalog=cat, lake=lake, **options)
     run(spec)
-    return commit_mix(target, spec, note=note, catalog=cat, lake=lake)
+    return commit_mix(target, spec, note=note, quality=quality, catalog=cat, lake=lake)
 
 
 def publish_spec(
@@ -360,6 +419,7 @@ def record_publication(
     """Mark the version published with what the export engine wrote (one transaction)."""
     cat = catalog or Catalog.from_settings()
     publication = {k: v for k, v in result.items() if k not in ("already_published", "status")}
+    publication["quality_gate"] = {k: decision.get(k) for k in ("reason", "failed")}
     if decision.get("override"):
         publication["quality_override"] = decision["override"]
     out = cat.publish(info.ref, publication=publication, visibility=result["visibility"])
@@ -386,28 +446,11 @@ def publish(
 
 
 def quality_gate(info: VersionInfo, override_reason: str | None, user: str | None) -> dict[str, Any]:
-    """A version whose quality suite failed is published only with an override reason (recorded)."""
-    quality = info.quality or {}
-    suite = quality.get("expectations") or quality.get("suite") or {}
-    if not quality or suite.get("success", True):
-        return {"allowed": True}
-    failed = [e.get("name", "?") for e in suite.get("results", []) if not e.get("success", True)]
-    if not (override_reason or "").strip():
-        raise CatalogError(
-            f"{info.ref} failed its quality suite ({', '.join(failed) or 'see its report'}); publish it anyway "
-            "only with an override reason (--override-reason TEXT), which is recorded"
-        )
-    from tasks.catalog import now
+    """The publication decision of tasks.quality.gate; raises QualityBlocked (naming the failed
+    expectations) when the suite failed or never ran and no override reason was given."""
+    from tasks.quality import require_publishable
 
-    return {
-        "allowed": True,
-        "override": {
-            "reason": override_reason.strip(),
-            "by": user or "",
-            "at": now().isoformat(),
-            "failed": failed,
-        },
-    }
+    return require_publishable(info.quality, override_reason, user)
 
 
 def _version_summary(info: VersionInfo) -> dict[str, Any]:
@@ -568,6 +611,8 @@ __all__ = [
     "models_trained_on",
     "publish",
     "publish_spec",
+    "quality_attrs",
+    "assess",
     "quality_gate",
     "record_publication",
     "preview",

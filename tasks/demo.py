@@ -51,6 +51,10 @@ EVALSET = {
     "note": "BELLE Chinese evaluation set",
     # 369 of the 1,000 questions have no reference answer: they cannot be scored and go to quarantine
     "max_reject_ratio": 0.4,
+    # Its "no PII left" expectations fail on purpose-made example values inside the test questions
+    # (13812345678, example@example.com, ...): masking them would change what is being tested.
+    "override_reason": "PII matches are example values inside test questions (13812345678, "
+    "example@example.com); kept verbatim so the questions stay as published",
 }
 SFT = {
     "scene": "general",

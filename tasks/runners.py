@@ -34,6 +34,7 @@ ENGINES = (
     "spark_ops.run",
     "spark_ops.mix",
     "spark_ops.publish",
+    "spark_ops.quality",
     "trainers.train",
     "trainers.evaluate",
     "serving.deploy",

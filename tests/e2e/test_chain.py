@@ -86,7 +86,12 @@ def test_chain_through_airflow(stack_home):
     assert out["evalset"]["record_count"] + out["evalset"]["quarantined_count"] == 1000
     assert out["sft"]["usage"] == "sft" and 900 <= out["sft"]["record_count"] <= 1000
     for key in ("corpus", "evalset", "sft"):
-        assert cat.get_version(out[key]["ref"]).status == "published"
+        v = cat.get_version(out[key]["ref"])
+        assert v.status == "published" and v.quality and v.quality["validation"]["evaluated"] > 0
+    # the evaluation set's PII expectations fail on example values; it was published with a recorded reason
+    override = cat.get_version(out["evalset"]["ref"]).publication["quality_override"]
+    assert override["reason"].startswith("PII matches are example values") and override["user"] == "admin"
+    assert cat.get_version(out["sft"]["ref"]).quality["validation"]["success"] is True
 
     # training: the SFT run came from the Asset event and registered a model version on the base
     assert api.run("model_train", out["train_run"])["run_type"] == "asset_triggered"

@@ -158,7 +158,7 @@ def _concurrent_imports(home: Path, catalog: Catalog, n: int = 20) -> None:
     def work(i: int) -> None:
         try:
             results[i] = datasets.import_file(
-                "general/crowd", str(files[i]), usage="pretrain", catalog=catalog
+                "general/crowd", str(files[i]), usage="pretrain", catalog=catalog, quality=False
             )
         except BaseException as e:  # collected and re-raised below
             errors.append(e)

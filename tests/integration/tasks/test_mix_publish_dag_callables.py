@@ -9,8 +9,15 @@ from pathlib import Path
 import pytest
 
 from tasks import datasets
-from tasks.catalog import Catalog, CatalogError
-from tasks.data import build_mix_spec, build_publish_spec, commit_mix_version, finish_publication
+from tasks.catalog import Catalog
+from tasks.data import (
+    build_mix_spec,
+    build_publish_spec,
+    build_quality_spec,
+    commit_mix_version,
+    finish_publication,
+)
+from tasks.quality import QualityBlocked
 from tasks.runners import LocalRunner
 from tasks.settings import get_settings
 
@@ -81,10 +88,16 @@ def test_mix_then_publish_through_the_dag_callables(home: Path) -> None:
     spec_uri = build_mix_spec(params, "manual__mix-1")
     runner = LocalRunner()
     runner.run("spark_ops.mix", spec_uri)
-    ref = commit_mix_version(spec_uri, params)
-    assert ref == commit_mix_version(spec_uri, params) == "general/pretrain-mix@V1"  # a retry commits once
+    quality_uri = build_quality_spec(spec_uri)
+    runner.run("spark_ops.quality", quality_uri)
+    ref = commit_mix_version(spec_uri, params, quality_uri)
+    assert (
+        ref == commit_mix_version(spec_uri, params, quality_uri) == "general/pretrain-mix@V1"
+    )  # retry: once
     v = cat.get_version(ref)
     assert v.parents == [industry, web] and v.record_count == 30 + 180  # 1:6 with industry whole
+    assert v.quality["validation"]["success"] is True and v.token_count and v.token_count > 210
+    assert v.language == "zh" and Path(v.quality["html_uri"].removeprefix("file://")).is_file()
 
     prepared = build_publish_spec(ref, params)
     runner.run("spark_ops.publish", prepared["spec_uri"])
@@ -98,19 +111,27 @@ def test_mix_then_publish_through_the_dag_callables(home: Path) -> None:
         commit_mix_version(None, {"version": ""})
     assert commit_mix_version(None, {"version": web}) == web
     with cat._session.begin() as s:  # a failed suite recorded on the version
-        from tasks.catalog import DatasetVersion
-
         from sqlalchemy import select
+
+        from tasks.catalog import DatasetVersion
 
         row = s.scalar(select(DatasetVersion).where(DatasetVersion.run_key == "src-web"))
         row.quality = {
-            "expectations": {"success": False, "results": [{"name": "no_pii_left", "success": False}]}
+            "validation": {
+                "success": False,
+                "suite": "pretrain",
+                "failed": 1,
+                "evaluated": 6,
+                "expectations": [
+                    {"title": "no PII left", "column": "text", "success": False, "unexpected_count": 2}
+                ],
+            }
         }
-    with pytest.raises(CatalogError, match="failed its quality suite \\(no_pii_left\\)"):
+    with pytest.raises(QualityBlocked, match="no PII left \\[text\\]: 2 unexpected"):
         build_publish_spec(web, {"format": "standard"})
     prepared = build_publish_spec(
         web, {"format": "standard", "override_reason": "PII reviewed by legal"}, user="ana"
     )
     assert prepared["decision"]["override"]["reason"] == "PII reviewed by legal"
     runner.run("spark_ops.publish", prepared["spec_uri"])
-    assert finish_publication(prepared)["publication"]["quality_override"]["by"] == "ana"
+    assert finish_publication(prepared)["publication"]["quality_override"]["user"] == "ana"
