@@ -126,19 +126,12 @@ def publish(ref: str, override_reason: str | None = None, user: str | None = Non
 
 def build_process_quality_spec(spec_uri: str) -> str:
     """The quality spec (report + suite) of a finished process run's output."""
-    from tasks.datasets import QUALITY_DIR
-    from tasks.specs import QualitySpec
+    from tasks.datasets import quality_spec
 
     lake = Lake.from_settings()
     read_result(spec_uri, lake)
     spec = ProcessSpec.model_validate(lake.read_json(spec_uri))
-    quality = QualitySpec(
-        run_key=f"{spec.run_key}-quality",
-        version_uri=spec.output_uri,
-        usage=spec.usage,
-        out_uri=f"{spec.output_uri}/{QUALITY_DIR}",
-    )
-    return prepare(quality, "spark_ops.quality")
+    return prepare(quality_spec(spec.run_key, spec.output_uri, spec.usage), "spark_ops.quality")
 
 
 # ---------------------------------------------------------------- mix and publish (dataset_mix_publish DAG)
@@ -168,21 +161,15 @@ def build_mix_spec(params: dict[str, Any], run_key: str) -> str | None:
 
 def build_quality_spec(mix_spec_uri: str | None) -> str | None:
     """The quality spec (report + expectation suite) of the finished mix output; None without a mix."""
-    from tasks.datasets import QUALITY_DIR
-    from tasks.specs import MixSpec, QualitySpec
+    from tasks.datasets import quality_spec
+    from tasks.specs import MixSpec
 
     if mix_spec_uri is None:
         return None
     lake = Lake.from_settings()
     result = read_result(mix_spec_uri, lake)
     spec = MixSpec.model_validate(lake.read_json(mix_spec_uri))
-    quality = QualitySpec(
-        run_key=f"{spec.run_key}-quality",
-        version_uri=spec.output_uri,
-        usage=result["usage"],
-        out_uri=f"{spec.output_uri}/{QUALITY_DIR}",
-    )
-    return prepare(quality, "spark_ops.quality")
+    return prepare(quality_spec(spec.run_key, spec.output_uri, result["usage"]), "spark_ops.quality")
 
 
 def commit_mix_version(

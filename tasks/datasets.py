@@ -81,19 +81,23 @@ def assess(
     """Quality report + expectation suite of a finished engine output (before it is committed), in this
     process; what the catalogue keeps as the version's ``quality``."""
     from spark_ops.quality import run
+
+    spec = quality_spec(run_key, output_uri, usage, tokenizer=tokenizer, suite_parameters=suite_parameters)
+    return {k: v for k, v in run(spec).items() if k != "status"}
+
+
+def quality_spec(run_key: str, output_uri: str, usage: str, **options: Any):
+    """The QualitySpec of an engine output: report and suite result under ``<output>/quality``."""
     from tasks.specs import QualitySpec
 
-    result = run(
-        QualitySpec(
-            run_key=f"{run_key}-quality",
-            version_uri=output_uri,
-            usage=usage,
-            out_uri=f"{output_uri}/{QUALITY_DIR}",
-            tokenizer=tokenizer,
-            suite_parameters=suite_parameters or {},
-        )
+    options = {k: v for k, v in options.items() if v is not None}
+    return QualitySpec(
+        run_key=f"{run_key}-quality",
+        version_uri=output_uri,
+        usage=usage,
+        out_uri=f"{output_uri}/{QUALITY_DIR}",
+        **options,
     )
-    return {k: v for k, v in result.items() if k != "status"}
 
 
 def quality_attrs(quality: dict[str, Any] | None) -> dict[str, Any]:
