@@ -9,12 +9,19 @@ from functools import lru_cache
 from tasks.settings import PROJECT_ROOT
 
 
-@lru_cache(maxsize=1)
 def code_version() -> str:
     """``FORGEFLOW_CODE_VERSION`` (set in images and by the runner), else ``git describe`` of this
-    checkout (``-dirty`` when it has uncommitted changes), else 'unknown'."""
+    checkout (``-dirty`` when it has uncommitted changes), else 'unknown'.
+
+    The environment is read on every call (a runner or a test may set it after the first call);
+    only the git lookup is cached."""
     if env := os.environ.get("FORGEFLOW_CODE_VERSION"):
         return env
+    return _git_version()
+
+
+@lru_cache(maxsize=1)
+def _git_version() -> str:
     try:
         out = subprocess.run(
             ["git", "describe", "--always", "--dirty", "--abbrev=12"],
