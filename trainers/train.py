@@ -1,4 +1,4 @@
-"""Training engine: pretrain, full SFT and LoRA SFT with the transformers Trainer, tracked in MLflow.
+"""Training engine: every method of trainers/methods.py on the transformers Trainer, tracked in MLflow.
 
     python -m trainers.train SPEC_URI        # SPEC_URI: a TrainSpec JSON (path or lake URI)
 
@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,50 +25,20 @@ from tasks.registry import client, ensure_experiment, fetch_model, register_mode
 from tasks.specs import HyperParams, TrainSpec
 from tasks.storage import Lake
 from tasks.version import code_version
-from trainers.data import (
-    ChatRecord,
-    DataError,
-    PadCollator,
-    TokenDataset,
-    chat_records,
-    encode_chat,
-    pack_sequences,
-    pretrain_texts,
-    read_records,
-    split_indices,
-    train_tokenizer,
-)
-from trainers.modeling import (
-    add_lora,
-    build_tiny_model,
-    count_parameters,
-    load_base,
-    save_model_dir,
-    save_tokenizer,
-)
+from trainers.data import DataError, read_records, train_tokenizer
+from trainers.methods import METHODS, UnsupportedMethodError, get_method
+from trainers.modeling import count_parameters, save_model_dir
 from trainers.tracking import MlflowStepLogger, flatten, perplexity
 
 if TYPE_CHECKING:
     import pandas as pd
-    from transformers import PreTrainedTokenizerBase, TrainingArguments
+    from transformers import TrainingArguments
 
 log = logging.getLogger("forgeflow.trainers.train")
 
-SUPPORTED_METHODS = ("pretrain", "sft_full", "sft_lora")
 RESULT_ARTIFACT = "result.json"
 RUN_KEY_TAG = "forgeflow.run_key"
-
-
-class UnsupportedMethodError(ValueError):
-    """The spec asks for a training method this engine does not implement yet."""
-
-
-def check_method(method: str) -> None:
-    if method not in SUPPORTED_METHODS:
-        raise UnsupportedMethodError(
-            f"training method {method!r} is not available in this engine yet; "
-            f"available methods: {', '.join(SUPPORTED_METHODS)} (set the spec's 'method' field to one of them)"
-        )
+__all__ = ["METHODS", "UnsupportedMethodError", "main", "run", "training_arguments"]
 
 
 # ---------------------------------------------------------------- spec -> TrainingArguments
@@ -121,15 +90,6 @@ def training_arguments(hp: HyperParams, output_dir: Path) -> TrainingArguments:
 # ---------------------------------------------------------------- data
 
 
-@dataclass
-class PreparedData:
-    """Tokenised train/validation sets and the statistics worth logging."""
-
-    train: TokenDataset
-    eval: TokenDataset | None
-    stats: dict[str, float | int] = field(default_factory=dict)
-
-
 def load_frame(lake: Lake, uri: str, what: str) -> pd.DataFrame:
     try:
         with lake.fetch(uri) as path:
@@ -141,97 +101,6 @@ def load_frame(lake: Lake, uri: str, what: str) -> pd.DataFrame:
     if df.empty:
         raise DataError(f"{what} {uri}: no records")
     return df
-
-
-def tokenizer_corpus(method: str, train_df: pd.DataFrame, source: str) -> list[str]:
-    """The texts a fresh tokenizer learns from: pretrain text, or every turn of the conversations."""
-    if method == "pretrain":
-        return pretrain_texts(train_df, source)
-    texts = []
-    for r in chat_records(train_df, source):
-        texts.extend([*(s for s in [r.system] if s), *r.context, r.target])
-    return texts
-
-
-def prepare_pretrain(
-    spec: TrainSpec, tokenizer: PreTrainedTokenizerBase, train_df: pd.DataFrame, eval_df: pd.DataFrame | None
-) -> PreparedData:
-    """Pack tokenised documents into max_seq_length blocks; validation documents are packed apart."""
-    texts = pretrain_texts(train_df, spec.train_uri)
-    if eval_df is not None:
-        eval_texts = pretrain_texts(eval_df, spec.eval_uri or "")
-    else:
-        train_idx, val_idx = split_indices(len(texts), spec.validation_split, spec.hyperparams.seed)
-        texts, eval_texts = [texts[i] for i in train_idx], [texts[i] for i in val_idx]
-    block, eos = spec.hyperparams.max_seq_length, tokenizer.eos_token_id
-    if eos is None:
-        raise DataError(
-            f"base_model {spec.base_model}: its tokenizer has no eos token, which packing puts between "
-            "documents; set eos_token in the model's tokenizer_config.json"
-        )
-
-    def encode(batch: list[str]) -> list[list[int]]:
-        return tokenizer(batch, add_special_tokens=False)["input_ids"] if batch else []
-
-    packed = pack_sequences(encode(texts), block, eos)
-    if not packed.blocks:
-        raise DataError(
-            f"train_uri {spec.train_uri}: {packed.total_tokens} tokens is less than one block of "
-            f"max_seq_length={block}; add data or lower hyperparams.max_seq_length"
-        )
-    val = pack_sequences(encode(eval_texts), block, eos, keep_tail=True)
-    as_items = [{"input_ids": b, "labels": b} for b in packed.blocks]
-    eval_items = [{"input_ids": b, "labels": b} for b in val.blocks]
-    stats = {
-        "train_documents": len(texts),
-        "eval_documents": len(eval_texts),
-        "train_tokens": packed.total_tokens,
-        "train_blocks": len(packed.blocks),
-        "packing_waste": round(packed.waste, 6),
-    }
-    return PreparedData(TokenDataset(as_items), TokenDataset(eval_items) if eval_items else None, stats)
-
-
-def prepare_sft(
-    spec: TrainSpec, tokenizer: PreTrainedTokenizerBase, train_df: pd.DataFrame, eval_df: pd.DataFrame | None
-) -> PreparedData:
-    """Chat-template each record and mask all but the answer; truncate to max_seq_length."""
-    records = chat_records(train_df, spec.train_uri)
-    if eval_df is not None:
-        eval_records = chat_records(eval_df, spec.eval_uri or "")
-    else:
-        train_idx, val_idx = split_indices(len(records), spec.validation_split, spec.hyperparams.seed)
-        records, eval_records = [records[i] for i in train_idx], [records[i] for i in val_idx]
-
-    counts = {"truncated": 0, "dropped": 0}
-
-    def encode(rs: list[ChatRecord]) -> list[dict[str, list[int]]]:
-        items = []
-        for r in rs:
-            ex = encode_chat(tokenizer, r, spec.hyperparams.max_seq_length)
-            if ex is None:
-                counts["dropped"] += 1
-                continue
-            counts["truncated"] += ex.truncated
-            items.append({"input_ids": ex.input_ids, "labels": ex.labels})
-        return items
-
-    train_items, eval_items = encode(records), encode(eval_records)
-    if not train_items:
-        raise DataError(
-            f"train_uri {spec.train_uri}: every prompt is longer than max_seq_length="
-            f"{spec.hyperparams.max_seq_length}, so no answer token is left; raise hyperparams.max_seq_length"
-        )
-    answer_tokens = sum(sum(t != -100 for t in x["labels"]) for x in train_items)
-    stats = {
-        "train_records": len(train_items),
-        "eval_records": len(eval_items),
-        "train_tokens": sum(len(x["input_ids"]) for x in train_items),
-        "train_answer_tokens": answer_tokens,
-        "truncated_records": counts["truncated"],
-        "dropped_records": counts["dropped"],
-    }
-    return PreparedData(TokenDataset(train_items), TokenDataset(eval_items) if eval_items else None, stats)
 
 
 # ---------------------------------------------------------------- MLflow helpers
@@ -283,10 +152,10 @@ def run(spec: TrainSpec) -> dict[str, Any]:
     """Train as the spec says; returns the result dict that becomes result.json."""
     import mlflow
     import torch
-    from transformers import Trainer, set_seed
+    from transformers import set_seed
 
     # ---- setup
-    check_method(spec.method)
+    method = get_method(spec.method)
     hp = spec.hyperparams
     lake = Lake.from_settings()
     experiment_id = ensure_experiment(spec.experiment)
@@ -306,18 +175,14 @@ def run(spec: TrainSpec) -> dict[str, Any]:
 
     # ---- model
     if spec.base_model == "tiny":
-        tokenizer = train_tokenizer(
-            tokenizer_corpus(spec.method, train_df, spec.train_uri), spec.tiny.vocab_size
-        )
-        model = build_tiny_model(spec.tiny, tokenizer, hp.seed)
+        tokenizer = train_tokenizer(method.corpus(train_df, spec.train_uri), spec.tiny.vocab_size)
+        model = method.build_tiny(spec, tokenizer)
         base_path = None
     else:
         base_path = fetch_model(spec.base_model)
-        model, tokenizer = load_base(base_path)
-    prepare = prepare_pretrain if spec.method == "pretrain" else prepare_sft
-    data = prepare(spec, tokenizer, train_df, eval_df)
-    if spec.method == "sft_lora":
-        model = add_lora(model, hp)
+        model, tokenizer = method.load_base(base_path)
+    data = method.prepare(spec, tokenizer, train_df, eval_df)
+    model = method.build(spec, model)
     trainable, total = count_parameters(model)
     log.info("model: %s trainable of %s parameters; data: %s", f"{trainable:,}", f"{total:,}", data.stats)
 
@@ -350,14 +215,8 @@ def run(spec: TrainSpec) -> dict[str, Any]:
         # ---- Trainer
         with lake.stage(spec.output_uri) as out:
             step_logger = MlflowStepLogger(c, run_id)
-            trainer = Trainer(
-                model=model,
-                args=training_arguments(hp, out / "checkpoints"),
-                train_dataset=data.train,
-                eval_dataset=data.eval,
-                data_collator=PadCollator(tokenizer.pad_token_id),
-                processing_class=tokenizer,
-                callbacks=[step_logger],
+            trainer = method.trainer(
+                spec, model, tokenizer, data, training_arguments(hp, out / "checkpoints"), [step_logger]
             )
             train_output = trainer.train()
             checkpoints = out / "checkpoints"
@@ -374,17 +233,11 @@ def run(spec: TrainSpec) -> dict[str, Any]:
                 "code_version": tags["code_version"],
             }
             model_dir = out / "model"
-            if spec.method == "sft_lora":
-                adapter_dir = out / "adapter"
-                trainer.model.save_pretrained(adapter_dir)
-                save_tokenizer(tokenizer, adapter_dir)
-                mlflow.log_artifacts(str(adapter_dir), "adapter")
-                final = trainer.model.merge_and_unload() if spec.merge_lora else trainer.model
-                forgeflow["format"] = "merged" if spec.merge_lora else "peft_adapter"
-            else:
-                final = trainer.model
-                forgeflow["format"] = "full"
-            save_model_dir(final, tokenizer, model_dir, forgeflow)
+            exported = method.export(spec, trainer, tokenizer, out)
+            for artifact_path, local in exported.extra_dirs.items():
+                mlflow.log_artifacts(str(local), artifact_path)
+            forgeflow["format"] = exported.format
+            save_model_dir(exported.model, tokenizer, model_dir, forgeflow)
             mlflow.log_artifacts(str(model_dir), "model")
 
         # ---- metrics and registration
