@@ -254,6 +254,9 @@ class TrainSpec(Spec):
     )
     eval_uri: str | None = Field(default=None, description="Optional evaluation dataset version.")
     validation_split: float = Field(default=0.05, ge=0, lt=1, description="Held-out share when no eval set.")
+    max_records: int | None = Field(
+        default=None, ge=1, description="Train on the first N records only (debug runs); None: all of them."
+    )
     dataset_ref: str | None = Field(
         default=None, description="Catalogue reference SCENE/NAME@Vn, for lineage."
     )

@@ -171,6 +171,8 @@ def run(spec: TrainSpec) -> dict[str, Any]:
 
     # ---- data
     train_df = load_frame(lake, spec.train_uri, "train_uri")
+    if spec.max_records:
+        train_df = train_df.head(spec.max_records)
     eval_df = load_frame(lake, spec.eval_uri, "eval_uri") if spec.eval_uri else None
 
     # ---- model
