@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tasks.engine import engine_main
+from tasks.models import pin_model_ref
 from tasks.registry import client, ensure_experiment, fetch_model, register_model_dir
 from tasks.specs import HyperParams, TrainSpec
 from tasks.storage import Lake
@@ -176,12 +177,15 @@ def run(spec: TrainSpec) -> dict[str, Any]:
     eval_df = load_frame(lake, spec.eval_uri, "eval_uri") if spec.eval_uri else None
 
     # ---- model
+    # 'models:/NAME/latest' is pinned now, so the run, the model version and a later adapter merge name the
+    # exact base version this run started from.
+    base_ref = spec.base_model if spec.base_model == "tiny" else pin_model_ref(spec.base_model)
     if spec.base_model == "tiny":
         tokenizer = train_tokenizer(method.corpus(train_df, spec.train_uri), spec.tiny.vocab_size)
         model = method.build_tiny(spec, tokenizer)
         base_path = None
     else:
-        base_path = fetch_model(spec.base_model)
+        base_path = fetch_model(base_ref)
         model, tokenizer = method.load_base(base_path)
     data = method.prepare(spec, tokenizer, train_df, eval_df)
     model = method.build(spec, model)
@@ -193,7 +197,7 @@ def run(spec: TrainSpec) -> dict[str, Any]:
         RUN_KEY_TAG: spec.run_key,
         "method": spec.method,
         "dataset_ref": spec.dataset_ref or spec.train_uri,
-        "base_model": spec.base_model,
+        "base_model": base_ref,
         "code_version": code_version(),
     }
     with mlflow.start_run(experiment_id=experiment_id, run_name=spec.run_key, tags=tags) as active:
@@ -231,6 +235,7 @@ def run(spec: TrainSpec) -> dict[str, Any]:
                 "spec": spec.model_dump(mode="json"),
                 "resolved": resolved,
                 "mlflow_run_id": run_id,
+                "base_model": base_ref,
                 "base_model_path": str(base_path) if base_path else None,
                 "code_version": tags["code_version"],
             }
@@ -266,8 +271,9 @@ def run(spec: TrainSpec) -> dict[str, Any]:
                 run_id,
                 "model",
                 spec.register_as,
-                description=f"{spec.method} of {spec.base_model} on {spec.dataset_ref or spec.train_uri}",
-                tags={k: v for k, v in tags.items() if k != RUN_KEY_TAG} | {"run_key": spec.run_key},
+                description=f"{spec.method} of {base_ref} on {spec.dataset_ref or spec.train_uri}",
+                tags={k: v for k, v in tags.items() if k != RUN_KEY_TAG}
+                | {"run_key": spec.run_key, "format": forgeflow["format"]},
             )
         result: dict[str, Any] = {
             "mlflow_run_id": run_id,
