@@ -260,6 +260,12 @@ class TrainSpec(Spec):
     dataset_ref: str | None = Field(
         default=None, description="Catalogue reference SCENE/NAME@Vn, for lineage."
     )
+    chat_template: str | None = Field(
+        default=None,
+        description="Chat template of the model: empty keeps the base tokenizer's own (ChatML when it has none, "
+        "and for 'tiny'); a bundled name (chatml, qwen2, llama3: include/chat_templates/) or a .jinja path. "
+        "Saved with the model, so serving renders prompts as in training.",
+    )
     hyperparams: HyperParams = Field(default_factory=HyperParams)
     output_uri: str = Field(description="Lake directory for the final model (and checkpoints).")
     experiment: str = Field(default="forgeflow-train", description="MLflow experiment name.")

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 EOS_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
+END_OF_TURN_TOKENS = (IM_END, "<|eot_id|>", "<|end|>")  # ChatML / Qwen, Llama 3, Phi
 SPECIAL_TOKENS = [EOS_TOKEN, IM_START, IM_END]
 IGNORE_INDEX = -100  # label value the causal-LM loss skips
 
@@ -180,12 +181,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Token ids that end an answer: eos, plus ChatML's end-of-turn when the vocabulary has it."""
+    """Token ids that end an answer: the end-of-turn tokens of the known chat templates that the vocabulary
+    has as single tokens, then eos."""
     ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    im_end = tokenizer.convert_tokens_to_ids(IM_END)
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id and im_end not in ids:
-        ids.insert(0, im_end)
-    return ids
+    vocab = tokenizer.get_vocab()
+    turn_ends = [vocab[t] for t in END_OF_TURN_TOKENS if t in vocab and vocab[t] not in ids]
+    return turn_ends + ids
 
 
 # ---------------------------------------------------------------- pretrain packing

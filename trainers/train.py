@@ -29,6 +29,7 @@ from tasks.version import code_version
 from trainers.data import DataError, read_records, train_tokenizer
 from trainers.methods import METHODS, UnsupportedMethodError, get_method
 from trainers.modeling import count_parameters, save_model_dir
+from trainers.templates import choose_chat_template
 from trainers.tracking import MlflowStepLogger, flatten, perplexity
 
 if TYPE_CHECKING:
@@ -187,6 +188,7 @@ def run(spec: TrainSpec) -> dict[str, Any]:
     else:
         base_path = fetch_model(base_ref)
         model, tokenizer = method.load_base(base_path)
+    template = choose_chat_template(tokenizer, spec.chat_template)
     data = method.prepare(spec, tokenizer, train_df, eval_df)
     model = method.build(spec, model)
     trainable, total = count_parameters(model)
@@ -210,6 +212,7 @@ def run(spec: TrainSpec) -> dict[str, Any]:
             "min_learning_rate": hp.learning_rate * hp.min_lr_ratio if hp.lr_scheduler == "cosine" else None,
             "device": "cuda" if torch.cuda.is_available() else "cpu",
             "vocab_size": len(tokenizer),
+            "chat_template": template,
             "trainable_parameters": trainable,
             "total_parameters": total,
             **data.stats,
