@@ -220,6 +220,44 @@ class HyperParams(BaseModel):
     save_strategy: Literal["no", "steps", "epoch"] = Field(default="no", description="Checkpoint strategy.")
     save_steps: int = Field(default=500, ge=1, description="Checkpoint every N steps (strategy 'steps').")
     save_total_limit: int | None = Field(default=2, description="Keep at most N checkpoints (None: all).")
+    num_virtual_tokens: int = Field(
+        default=20,
+        ge=1,
+        le=512,
+        description="Prompt tuning: trainable virtual tokens put before every input (1-512); only they train, "
+        "the base model stays frozen.",
+    )
+    prompt_tuning_init: Literal["random", "text"] = Field(
+        default="random",
+        description="Prompt tuning: start the virtual tokens from random vectors, or from the token embeddings "
+        "of prompt_tuning_init_text (usually converges faster).",
+    )
+    prompt_tuning_init_text: str | None = Field(
+        default=None,
+        description="Prompt tuning: the text whose token embeddings start the virtual tokens (repeated or cut "
+        "to num_virtual_tokens), e.g. a task instruction; needed when prompt_tuning_init is 'text'.",
+    )
+    dpo_beta: float = Field(
+        default=0.1,
+        gt=0,
+        le=5,
+        description="DPO: how strongly the policy is held to the reference model (0-5; higher stays closer, "
+        "typical 0.1-0.5).",
+    )
+    dpo_loss_type: Literal["sigmoid", "ipo", "hinge"] = Field(
+        default="sigmoid",
+        description="DPO: preference loss; sigmoid is the DPO paper's, ipo (IPO) resists overfitting to "
+        "deterministic preferences, hinge is the SLiC loss.",
+    )
+
+    @model_validator(mode="after")
+    def _init_text_given(self) -> HyperParams:
+        if self.prompt_tuning_init == "text" and not (self.prompt_tuning_init_text or "").strip():
+            raise ValueError(
+                "prompt_tuning_init 'text' needs prompt_tuning_init_text (e.g. the task instruction); "
+                "set it or use prompt_tuning_init 'random'"
+            )
+        return self
 
 
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -237,6 +275,86 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 def default_hyperparams(method: str, **overrides: Any) -> HyperParams:
     """Hyperparameters with the seed defaults of ``method``, then ``overrides``."""
     return HyperParams(**{**METHOD_DEFAULTS.get(method, {}), **overrides})
+
+
+# Refusals a teacher writes instead of an answer (case-insensitive regular expressions, English and Chinese).
+DEFAULT_REFUSAL_PATTERNS = [
+    r"\bas an ai( language)? model\b",
+    r"\bI('m| am) (sorry|afraid),? (but )?I (can(no|')t|am unable|won't)",
+    r"\bI (can(no|')t|am unable to|won't) (help|assist|provide|answer|comply)",
+    r"作为(一个)?(人工智能|AI|语言模型)",
+    r"(抱歉|对不起|很遗憾)[，,]?\s*我(无法|不能|没办法)",
+    r"我(无法|不能)(回答|提供|协助|帮助)",
+]
+
+
+class AnswerRules(BaseModel):
+    """Checks every teacher answer passes before it becomes training data (distillation)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_chars: int = Field(default=1, ge=1, description="Shortest answer kept, in characters (after strip).")
+    max_chars: int = Field(default=8000, ge=1, description="Longest answer kept, in characters.")
+    reject_truncated: bool = Field(
+        default=True,
+        description="Reject answers the endpoint cut at max_tokens (finish_reason 'length').",
+    )
+    refusal_patterns: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_REFUSAL_PATTERNS),
+        description="Case-insensitive regular expressions; an answer matching any is a refusal and rejected.",
+    )
+    max_repeat_ratio: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Largest share of repeated 10-character windows (a looping answer scores near 1; "
+        "normal prose near 0).",
+    )
+    match_language: bool = Field(
+        default=False,
+        description="Reject answers whose language (zh / en / other, from character classes as tag_language "
+        "does) differs from the question's.",
+    )
+
+    @field_validator("refusal_patterns")
+    @classmethod
+    def _compiles(cls, v: list[str]) -> list[str]:
+        for pattern in v:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"refusal pattern {pattern!r} is not a valid regular expression: {e}") from e
+        return v
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AnswerRules:
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars ({self.min_chars}) is larger than max_chars ({self.max_chars})")
+        return self
+
+
+class DistillConfig(BaseModel):
+    """How distillation asks the teacher, which answers it keeps, and how the student trains."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    generation: GenerationParams = Field(
+        default_factory=lambda: GenerationParams(max_tokens=512),
+        description="Sampling parameters of the teacher's answers.",
+    )
+    concurrency: int = Field(default=4, ge=1, le=64, description="Teacher requests in flight.")
+    rules: AnswerRules = Field(default_factory=AnswerRules)
+    min_accept_ratio: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Fail the run when fewer than this share of the questions get an accepted answer.",
+    )
+    student: Literal["full", "lora"] = Field(
+        default="full",
+        description="Train the student like sft_full (every weight) or sft_lora (an adapter, merged unless "
+        "merge_lora is off).",
+    )
 
 
 class TrainSpec(Spec):
@@ -275,15 +393,38 @@ class TrainSpec(Spec):
     merge_lora: bool = Field(
         default=True, description="Merge a LoRA adapter into its base before registering."
     )
+    teacher: Endpoint | None = Field(
+        default=None,
+        description="Distillation: the teacher model behind an OpenAI-compatible endpoint; it answers every "
+        "question of the training data and the student learns its answers.",
+    )
+    distill: DistillConfig = Field(default_factory=DistillConfig)
 
     @field_validator("register_as")
     @classmethod
     def _name(cls, v: str | None) -> str | None:
         return None if v is None else check_name(v, "register_as")
 
+    def redacted(self) -> dict[str, Any]:
+        """The spec as JSON data for logs, MLflow and the model directory: the teacher's API key masked."""
+        data = self.model_dump(mode="json")
+        if (data.get("teacher") or {}).get("api_key"):
+            data["teacher"]["api_key"] = "***"
+        return data
+
+    @model_validator(mode="after")
+    def _teacher_for_distill(self) -> TrainSpec:
+        if self.method == "distill" and self.teacher is None:
+            raise ValueError(
+                "method distill needs a teacher: set teacher.base_url (an OpenAI-compatible /v1 URL) and "
+                "teacher.model (the model name it serves)"
+            )
+        return self
+
     @model_validator(mode="after")
     def _adapter_needs_a_base(self) -> TrainSpec:
-        if self.method == "sft_lora" and not self.merge_lora and self.base_model == "tiny":
+        lora = self.method == "sft_lora" or (self.method == "distill" and self.distill.student == "lora")
+        if lora and not self.merge_lora and self.base_model == "tiny":
             raise ValueError(
                 "merge_lora=false keeps only the adapter, which needs a registered or stored base model; "
                 "base_model 'tiny' is built in the run and not kept. Merge, or train the base first."

@@ -136,6 +136,102 @@ def chat_records(df: pd.DataFrame, source: str) -> list[ChatRecord]:
     return records
 
 
+@dataclass(frozen=True)
+class RankedAnswer:
+    """One answer of a ranking record: rank 1 is the best; score (higher is better) where no rank is set."""
+
+    text: str
+    score: float | None
+    rank: int | None
+
+
+@dataclass(frozen=True)
+class RankingRecord:
+    """A reward-model / preference record: a conversation and up to five ranked answers to its last turn."""
+
+    system: str | None
+    context: list[str]
+    answers: list[RankedAnswer]
+
+    def messages(self, answer: str | None = None) -> list[dict[str, str]]:
+        """Chat messages of the conversation, followed by ``answer`` as the assistant turn when given."""
+        return ChatRecord(self.system, self.context, answer or "").messages(with_target=answer is not None)
+
+
+def _number(value: Any) -> float | None:
+    """A rank or score from JSON or Parquet: None, NaN (a null in a pandas float column) and '' are missing."""
+    if value is None or value == "":
+        return None
+    number = float(value)
+    return None if number != number else number  # NaN
+
+
+def _ranked_answer(value: Any, where: str) -> RankedAnswer:
+    if not isinstance(value, dict):
+        raise DataError(
+            f"{where}: an answer must be an object {{text, score, rank}}; got {type(value).__name__}"
+        )
+    text = value.get("text")
+    if not isinstance(text, str):
+        raise DataError(f"{where}: answer text must be a string; got {type(text).__name__}")
+    try:
+        score, rank = _number(value.get("score")), _number(value.get("rank"))
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{where}: score and rank must be numbers ({e})") from e
+    return RankedAnswer(text, score, None if rank is None else int(rank))
+
+
+def ranking_records(df: pd.DataFrame, source: str) -> list[RankingRecord]:
+    """Canonical ranking rows ``{system?, context, answers: [{text, score, rank}]}``.
+
+    Parquet hands ``answers`` over as a numpy array of dicts and JSON as a list; both are read. Answers
+    with empty text are dropped (an unanswered slot of the annotation tool).
+    """
+    cols = set(df.columns)
+    if not {"context", "answers"} <= cols:
+        raise DataError(
+            f"{source}: expected the ranking schema {{context, answers: [{{text, score, rank}}]}} (usage "
+            f"reward_model); found columns {sorted(cols)}. Import preference pairs with format 'preference'"
+        )
+    has_system = "system" in cols
+    records = []
+    for i, row in enumerate(df.to_dict("records")):
+        where = f"{source}: record {i} (id {row.get('id', '?')})"
+        context = _as_list(row["context"])
+        if not context or len(context) % 2 == 0:
+            raise DataError(
+                f"{where}: context must hold alternating turns ending with a user turn (an odd count); "
+                f"got {len(context)}"
+            )
+        raw = row["answers"]
+        if raw is None or isinstance(raw, str | dict):
+            raise DataError(
+                f"{where}: answers must be a list of {{text, score, rank}}; got {type(raw).__name__}"
+            )
+        answers = [_ranked_answer(a, f"{where} answer {j}") for j, a in enumerate(list(raw))]
+        system = row.get("system") if has_system else None
+        records.append(
+            RankingRecord(
+                system if isinstance(system, str) and system else None,
+                context,
+                [a for a in answers if a.text.strip()],
+            )
+        )
+    return records
+
+
+def preferred(a: RankedAnswer, b: RankedAnswer) -> int:
+    """1 when ``a`` is better than ``b``, -1 when worse, 0 for a tie or when they cannot be compared.
+
+    Ranks decide (1 is the best); scores (higher is better) only when either rank is missing.
+    """
+    if a.rank is not None and b.rank is not None:
+        return (a.rank < b.rank) - (a.rank > b.rank)
+    if a.score is not None and b.score is not None:
+        return (a.score > b.score) - (a.score < b.score)
+    return 0
+
+
 def pretrain_texts(df: pd.DataFrame, source: str) -> list[str]:
     """The ``text`` column of a pretrain dataset, empty texts dropped."""
     if "text" not in df.columns:

@@ -14,16 +14,18 @@ the run fails only when every request fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from tasks.engine import engine_main
 from tasks.registry import ensure_experiment
-from tasks.specs import EvalSpec
+from tasks.specs import Endpoint, EvalSpec, GenerationParams
 from tasks.storage import Lake
 from tasks.version import code_version
 from trainers.data import ChatRecord, DataError, chat_records, read_records
@@ -78,10 +80,14 @@ def load_test_records(spec: EvalSpec, lake: Lake) -> tuple[list[ChatRecord], lis
 
 def chat_request(spec: EvalSpec, record: ChatRecord) -> dict[str, Any]:
     """The OpenAI chat-completions body for one record."""
-    g = spec.generation
+    return chat_body(spec.endpoint.model, record.messages(with_target=False), spec.generation)
+
+
+def chat_body(model: str, messages: list[dict[str, str]], g: GenerationParams) -> dict[str, Any]:
+    """The OpenAI chat-completions body: the messages and the sampling parameters (shared with distill)."""
     body: dict[str, Any] = {
-        "model": spec.endpoint.model,
-        "messages": record.messages(with_target=False),
+        "model": model,
+        "messages": messages,
         "temperature": g.temperature,
         "top_p": g.top_p,
         "presence_penalty": g.presence_penalty,
@@ -93,8 +99,21 @@ def chat_request(spec: EvalSpec, record: ChatRecord) -> dict[str, Any]:
     return body
 
 
+@dataclass(frozen=True)
+class Completion:
+    """The first choice of a chat completion: its text and why generation stopped ('stop', 'length', ...)."""
+
+    text: str
+    finish_reason: str | None
+
+
 def complete(http: httpx.Client, url: str, body: dict[str, Any]) -> str:
     """POST a chat completion, retrying connection errors, timeouts and 5xx; returns the answer text."""
+    return complete_choice(http, url, body).text
+
+
+def complete_choice(http: httpx.Client, url: str, body: dict[str, Any]) -> Completion:
+    """POST a chat completion, retrying connection errors, timeouts and 5xx; returns the first choice."""
     import httpx
 
     last_error = ""
@@ -108,8 +127,9 @@ def complete(http: httpx.Client, url: str, body: dict[str, Any]) -> str:
                 if resp.status_code >= 400:  # a bad request will not improve with retries
                     raise EndpointError(f"HTTP {resp.status_code} from {url}: {resp.text[:300]}")
                 try:
-                    return resp.json()["choices"][0]["message"]["content"] or ""
-                except (ValueError, KeyError, IndexError, TypeError) as e:
+                    choice = resp.json()["choices"][0]
+                    return Completion(choice["message"]["content"] or "", choice.get("finish_reason"))
+                except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
                     raise EndpointError(f"unexpected response from {url}: {resp.text[:300]}") from e
             last_error = f"HTTP {resp.status_code}: {resp.text[:300]}"
         if attempt < MAX_ATTEMPTS:
@@ -117,16 +137,23 @@ def complete(http: httpx.Client, url: str, body: dict[str, Any]) -> str:
     raise EndpointError(f"{url} failed after {MAX_ATTEMPTS} attempts: {last_error}")
 
 
-def generate(spec: EvalSpec, records: list[ChatRecord], ids: list[str | None]) -> list[Prediction]:
-    """Ask the endpoint for every record, ``spec.concurrency`` requests at a time, in record order."""
+@contextlib.contextmanager
+def endpoint_client(endpoint: Endpoint, concurrency: int) -> Iterator[tuple[httpx.Client, str]]:
+    """An HTTP client for ``endpoint`` (bearer key, timeouts, ``concurrency`` connections) and its
+    chat-completions URL."""
     import httpx
 
-    url = spec.endpoint.base_url.rstrip("/") + "/chat/completions"
-    headers = {"Authorization": f"Bearer {spec.endpoint.api_key}"} if spec.endpoint.api_key else {}
+    url = endpoint.base_url.rstrip("/") + "/chat/completions"
+    headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
     timeout = httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
-    limits = httpx.Limits(max_connections=spec.concurrency)
-
+    limits = httpx.Limits(max_connections=concurrency)
     with httpx.Client(headers=headers, timeout=timeout, limits=limits) as http:
+        yield http, url
+
+
+def generate(spec: EvalSpec, records: list[ChatRecord], ids: list[str | None]) -> list[Prediction]:
+    """Ask the endpoint for every record, ``spec.concurrency`` requests at a time, in record order."""
+    with endpoint_client(spec.endpoint, spec.concurrency) as (http, url):
 
         def one(i: int) -> Prediction:
             rec = records[i]

@@ -3,13 +3,15 @@
 The engine (trainers/train.py) does what every method shares: MLflow run, data loading, tokenizer or base
 model, Trainer arguments, checkpoints, saving and registration. A method says:
 
+- ``source``   the frames to train on (default: the dataset's; distill asks a teacher for the answers);
 - ``corpus``   the texts a fresh tokenizer learns from (base_model 'tiny');
 - ``prepare``  tokenised train/validation sets from the dataset frames;
 - ``build``    the model to train from the base (wrap it in LoRA, add a head, ...);
 - ``trainer``  the Trainer (transformers, or TRL's) for that model and data;
 - ``export``   what lands in the servable model directory and which format it has.
 
-Register a method with ``@register``; ``METHODS`` maps the spec's ``method`` to its instance.
+Register a method with ``@register``; ``METHODS`` maps the spec's ``method`` to its instance. Methods in
+their own modules (prompt tuning, reward model, DPO, distillation) are imported by ``_load_all``.
 """
 
 from __future__ import annotations
@@ -35,10 +37,21 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 
     from tasks.specs import TrainSpec
+    from tasks.storage import Lake
 
 
 class UnsupportedMethodError(ValueError):
     """The spec asks for a training method this engine does not implement."""
+
+
+@dataclass
+class SourcedData:
+    """The frames a method trains on and what producing them is worth recording in the MLflow run."""
+
+    train: pd.DataFrame
+    eval: pd.DataFrame | None
+    metrics: dict[str, float] = field(default_factory=dict)  # logged as run metrics, copied into result.json
+    texts: dict[str, str] = field(default_factory=dict)  # artifact file -> content, logged to the run
 
 
 @dataclass
@@ -57,14 +70,24 @@ class Exported:
     model: PreTrainedModel
     format: str  # full | merged | peft_adapter | prompt_adapter | reward_model
     extra_dirs: dict[str, Path] = field(default_factory=dict)  # artefact path -> local dir to log too
+    meta: dict[str, Any] = field(default_factory=dict)  # more forgeflow.json keys (where the base is)
 
 
 class TrainMethod:
     """Defaults fit a causal-LM method trained with the transformers Trainer; subclasses override."""
 
     name: ClassVar[str]
-    #: Where the loss is measured: 'lm' (next-token loss; eval loss and perplexity) or 'pairwise'.
+    #: Where the loss is measured: 'lm' (next-token loss; eval loss and perplexity) or 'pairwise'
+    #: (a preference loss, where perplexity means nothing).
     objective: ClassVar[str] = "lm"
+    #: Prefixes of Trainer log keys beyond loss / learning rate / grad norm that go to MLflow at every log
+    #: step; the ``eval_`` ones also go into result.json's metrics (e.g. the reward model's eval_accuracy).
+    extra_metrics: ClassVar[tuple[str, ...]] = ()
+
+    def source(
+        self, spec: TrainSpec, lake: Lake, train_df: pd.DataFrame, eval_df: pd.DataFrame | None
+    ) -> SourcedData:
+        return SourcedData(train_df, eval_df)
 
     def corpus(self, train_df: pd.DataFrame, source: str) -> list[str]:
         texts: list[str] = []
@@ -140,8 +163,15 @@ def get_method(name: str) -> TrainMethod:
 
 
 def _load_all() -> None:
-    """Import the modules that register the methods beyond this file's (kept lazy: TRL is heavy)."""
-    # Methods in other modules are imported here (import trainers.method_x), so they register.
+    """Import the modules that register the methods beyond this file's.
+
+    Lazy (on the first get_method) so importing the engine stays cheap; the modules themselves import
+    PEFT, TRL and httpx only inside the calls that need them.
+    """
+    import trainers.method_distill
+    import trainers.method_dpo
+    import trainers.method_prompt_tuning
+    import trainers.method_reward  # noqa: F401
 
 
 # ---------------------------------------------------------------- pretraining
@@ -273,4 +303,7 @@ class SftLora(SftFull):
         save_tokenizer(tokenizer, adapter_dir)
         if spec.merge_lora:
             return Exported(trainer.model.merge_and_unload(), "merged", {"adapter": adapter_dir})
-        return Exported(trainer.model, "peft_adapter", {"adapter": adapter_dir})
+        from trainers.modeling import pinned_base_ref
+
+        base = {"ref": pinned_base_ref(spec.base_model)}
+        return Exported(trainer.model, "peft_adapter", {"adapter": adapter_dir}, {"adapter_base": base})

@@ -3,6 +3,15 @@
 A saved model is a standard ``LlamaForCausalLM``-style Hugging Face directory (float32 safetensors,
 tokenizer with its chat template, ``generation_config.json`` whose eos ids stop at the end of a turn,
 and ``forgeflow.json`` with the resolved spec), so vLLM and the transformers fallback both serve it.
+
+``forgeflow.json``'s ``format`` says what else a directory can be (``load_model_dir`` reads them all):
+
+- ``full`` / ``merged``: a causal LM, as above;
+- ``reward_model``: a ``...ForSequenceClassification`` with one output, the reward of a conversation;
+- ``peft_adapter`` / ``prompt_adapter``: a PEFT adapter (LoRA / prompt tuning) and the tokenizer, without
+  base weights. ``adapter_base`` says where the base is: ``{"dir": "base"}`` (a full model directory
+  inside this one, written when the base was the run's own tiny model) or ``{"ref": ...}`` (the
+  registered version or directory it was trained on, ``latest`` pinned to a number).
 """
 
 from __future__ import annotations
@@ -21,14 +30,14 @@ if TYPE_CHECKING:
 # Every linear projection of a Llama decoder layer: attention and MLP (QLoRA's "all linear" recipe).
 LLAMA_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 FORGEFLOW_FILE = "forgeflow.json"
+ADAPTER_BASE_DIR = "base"  # inside an adapter's model directory: its base, when no other copy is kept
 
 
-def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
-    """A randomly initialised Llama sized by ``cfg``, its vocabulary matching ``tokenizer``."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_llama_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase, **overrides: Any) -> Any:
+    """The LlamaConfig of the tiny model: sized by ``cfg``, its vocabulary and special ids from ``tokenizer``."""
+    from transformers import LlamaConfig
 
-    config = LlamaConfig(
+    settings: dict[str, Any] = dict(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,
@@ -42,8 +51,16 @@ def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase, s
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+    return LlamaConfig(**{**settings, **overrides})
+
+
+def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> PreTrainedModel:
+    """A randomly initialised Llama sized by ``cfg``, its vocabulary matching ``tokenizer``."""
+    import torch
+    from transformers import LlamaForCausalLM
+
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(tiny_llama_config(cfg, tokenizer))
     return model.to(torch.float32)
 
 
@@ -125,3 +142,60 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerBase, target: Path) -> None:
     for key in ("is_local", "local_files_only"):
         config.pop(key, None)
     path.write_text(json.dumps(config, ensure_ascii=False, indent=2))
+
+
+# ---------------------------------------------------------------- adapters and loading for inference
+
+
+def pinned_base_ref(base_model: str) -> str:
+    """The base reference an adapter records: ``models:/name/latest`` pinned to the version it used."""
+    from tasks.registry import MODEL_REF, resolve_version
+
+    m = MODEL_REF.match(base_model)
+    if m and m["version"] == "latest":
+        return f"models:/{m['name']}/{resolve_version(m['name'], 'latest')}"
+    return base_model
+
+
+def adapter_base_dir(model_dir: Path, info: dict[str, Any]) -> Path:
+    """The local base model directory of an adapter directory, from its forgeflow.json ``info``."""
+    from tasks.registry import fetch_model
+
+    base = info.get("adapter_base") or {}
+    if base.get("dir"):
+        return model_dir / base["dir"]
+    ref = base.get("ref") or (info.get("spec") or {}).get("base_model")
+    if not ref or ref == "tiny":
+        raise FileNotFoundError(
+            f"{model_dir}: an adapter without a base reference in {FORGEFLOW_FILE} (adapter_base); "
+            "retrain it with this version of Forgeflow, which records the base"
+        )
+    return fetch_model(ref)
+
+
+def load_model_dir(model_dir: Path) -> tuple[Any, PreTrainedTokenizerBase, str]:
+    """(model, tokenizer, format) of a saved model directory, ready for inference in float32.
+
+    Causal LMs load as ``AutoModelForCausalLM``, reward models as ``AutoModelForSequenceClassification``,
+    adapters as their base (see ``adapter_base_dir``) wrapped by ``PeftModel.from_pretrained``, which
+    generates with the adapter applied (prompt tuning prepends its virtual tokens).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    info_path = model_dir / FORGEFLOW_FILE
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    fmt = info.get("format", "full")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if fmt == "reward_model":
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32)
+    elif fmt in ("peft_adapter", "prompt_adapter"):
+        from peft import PeftModel
+
+        base, _ = load_base(adapter_base_dir(model_dir, info))
+        model = PeftModel.from_pretrained(base, model_dir)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    return model, tokenizer, fmt

@@ -34,13 +34,19 @@ class MlflowStepLogger(TrainerCallback):
 
     Throughput counts non-padding tokens (``include_num_input_tokens_seen='non_padding'``) over the wall
     time between two logs, so it includes data loading and optimizer time: what a user waits for.
+    ``extra_prefixes`` adds the method's own log keys (DPO's ``rewards/...``, a reward model's
+    ``eval_accuracy``); ``with_perplexity`` is off for preference losses, where exp(loss) means nothing.
     """
 
     STEP_KEYS = ("loss", "learning_rate", "grad_norm", "epoch")
 
-    def __init__(self, client: Any, run_id: str):
+    def __init__(
+        self, client: Any, run_id: str, extra_prefixes: tuple[str, ...] = (), with_perplexity: bool = True
+    ):
         self.client = client
         self.run_id = run_id
+        self.extra_prefixes = tuple(extra_prefixes)
+        self.with_perplexity = with_perplexity
         self._last_time = time.perf_counter()
         self._last_tokens = 0
         self.last_tokens_per_second: float | None = None
@@ -55,6 +61,14 @@ class MlflowStepLogger(TrainerCallback):
         logs = logs or {}
         now_ms = int(time.time() * 1000)
         metrics = {k: float(logs[k]) for k in self.STEP_KEYS if isinstance(logs.get(k), int | float)}
+        if self.extra_prefixes:
+            metrics.update(
+                {
+                    k: float(v)
+                    for k, v in logs.items()
+                    if k.startswith(self.extra_prefixes) and isinstance(v, int | float)
+                }
+            )
         if "loss" in logs:
             now = time.perf_counter()
             tokens = state.num_input_tokens_seen
@@ -64,7 +78,8 @@ class MlflowStepLogger(TrainerCallback):
             self._last_time, self._last_tokens = now, tokens
         if isinstance(logs.get("eval_loss"), int | float):
             metrics["eval_loss"] = float(logs["eval_loss"])
-            metrics["perplexity"] = perplexity(metrics["eval_loss"])
+            if self.with_perplexity:
+                metrics["perplexity"] = perplexity(metrics["eval_loss"])
         batch = [Metric(k, v, now_ms, state.global_step) for k, v in metrics.items() if math.isfinite(v)]
         if batch:
             self.client.log_batch(self.run_id, metrics=batch, synchronous=True)

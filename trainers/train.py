@@ -176,6 +176,8 @@ def run(spec: TrainSpec) -> dict[str, Any]:
     if spec.max_records:
         train_df = train_df.head(spec.max_records)
     eval_df = load_frame(lake, spec.eval_uri, "eval_uri") if spec.eval_uri else None
+    sourced = method.source(spec, lake, train_df, eval_df)  # distill: the teacher writes the answers
+    train_df, eval_df = sourced.train, sourced.eval
 
     # ---- model
     # 'models:/NAME/latest' is pinned now, so the run, the model version and a later adapter merge name the
@@ -217,13 +219,19 @@ def run(spec: TrainSpec) -> dict[str, Any]:
             "total_parameters": total,
             **data.stats,
         }
-        mlflow.log_params({**flatten(spec.model_dump(mode="json")), **flatten(resolved, "resolved.")})
-        mlflow.log_dict(spec.model_dump(mode="json"), "spec.json")
+        mlflow.log_params({**flatten(spec.redacted()), **flatten(resolved, "resolved.")})
+        mlflow.log_dict(spec.redacted(), "spec.json")
+        if sourced.metrics:
+            mlflow.log_metrics(sourced.metrics, step=0)
+        for artifact_file, text in sourced.texts.items():
+            mlflow.log_text(text, artifact_file)
         log_dataset_input(train_df, spec.train_uri, spec.dataset_ref or spec.train_uri)
 
         # ---- Trainer
         with lake.stage(spec.output_uri) as out:
-            step_logger = MlflowStepLogger(c, run_id)
+            step_logger = MlflowStepLogger(
+                c, run_id, method.extra_metrics, with_perplexity=method.objective == "lm"
+            )
             trainer = method.trainer(
                 spec, model, tokenizer, data, training_arguments(hp, out / "checkpoints"), [step_logger]
             )
@@ -231,11 +239,12 @@ def run(spec: TrainSpec) -> dict[str, Any]:
             checkpoints = out / "checkpoints"
             if checkpoints.is_dir() and not any(checkpoints.iterdir()):  # save_strategy 'no'
                 checkpoints.rmdir()
-            eval_loss = trainer.evaluate()["eval_loss"] if data.eval is not None else None
+            eval_output = trainer.evaluate() if data.eval is not None else {}
+            eval_loss = eval_output.get("eval_loss")
 
             # ---- save
             forgeflow = {
-                "spec": spec.model_dump(mode="json"),
+                "spec": spec.redacted(),
                 "resolved": resolved,
                 "mlflow_run_id": run_id,
                 "base_model": base_ref,
@@ -247,6 +256,7 @@ def run(spec: TrainSpec) -> dict[str, Any]:
             for artifact_path, local in exported.extra_dirs.items():
                 mlflow.log_artifacts(str(local), artifact_path)
             forgeflow["format"] = exported.format
+            forgeflow.update(exported.meta)
             save_model_dir(exported.model, tokenizer, model_dir, forgeflow)
             mlflow.log_artifacts(str(model_dir), "model")
 
@@ -256,8 +266,11 @@ def run(spec: TrainSpec) -> dict[str, Any]:
         metrics = {
             "train_loss": float(train_output.training_loss),
             "eval_loss": float(eval_loss) if eval_loss is not None else None,
-            "perplexity": perplexity(eval_loss) if eval_loss is not None else None,
+            "perplexity": perplexity(eval_loss)
+            if eval_loss is not None and method.objective == "lm"
+            else None,
             "tokens_per_second": tokens / runtime if runtime > 0 else None,
+            **{k: float(v) for k, v in eval_output.items() if k.startswith(method.extra_metrics)},
         }
         # eval_loss and perplexity were logged by the step logger when trainer.evaluate() reported them.
         final_metrics = {
@@ -289,6 +302,8 @@ def run(spec: TrainSpec) -> dict[str, Any]:
         }
         if spec.method == "pretrain":
             result["packing_waste"] = data.stats["packing_waste"]
+        if sourced.metrics:
+            result["data_metrics"] = sourced.metrics
         # Logged last: its presence marks the run complete for finished_result().
         mlflow.log_dict(result, RESULT_ARTIFACT)
     return result

@@ -92,9 +92,11 @@ def forgeflow_home(tmp_path_factory) -> Iterator[Path]:
 
 
 class FakeChatServer:
-    """Answers /v1/chat/completions from a question -> answer map; '坏' always 500s, '慢' 503s once."""
+    """Answers /v1/chat/completions from a question -> answer map; '坏' always 500s, '慢' 503s once.
 
-    def __init__(self, answers: dict[str, str]):
+    An answer is a string (finish_reason 'stop') or ``{"content": ..., "finish_reason": ...}``."""
+
+    def __init__(self, answers: dict[str, str | dict]):
         self.answers = answers
         self.requests: list[dict] = []
         self._seen_slow: set[str] = set()
@@ -114,9 +116,15 @@ class FakeChatServer:
                     server._seen_slow.add(question)
                     return self._send(500 if "坏" in question else 503, {"error": "unavailable"})
                 answer = server.answers.get(question, "")
-                return self._send(
-                    200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]}
-                )
+                if isinstance(answer, str):
+                    answer = {"content": answer, "finish_reason": "stop"}
+                message = {"role": "assistant", "content": answer["content"]}
+                choice = {
+                    "index": 0,
+                    "message": message,
+                    "finish_reason": answer.get("finish_reason", "stop"),
+                }
+                return self._send(200, {"choices": [choice]})
 
             def _send(self, status: int, obj: dict) -> None:
                 data = json.dumps(obj, ensure_ascii=False).encode()
