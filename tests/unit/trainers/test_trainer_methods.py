@@ -4,6 +4,7 @@ the pairwise loss and accuracy, teacher-answer rules, spec validation and the ML
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import pytest
@@ -406,3 +407,18 @@ def test_step_logger_logs_method_metrics_and_skips_perplexity_for_pairwise():
     lm = Client()
     MlflowStepLogger(lm, "r").on_log(None, state, None, logs)
     assert set(lm.logged) == {"loss", "eval_loss", "perplexity"}
+
+
+# ---------------------------------------------------------------- debug recipes
+
+
+RECIPES = Path(__file__).resolve().parents[3] / "include" / "recipes" / "train"
+
+
+@pytest.mark.parametrize("name", ["debug-prompt-tuning", "debug-reward-model", "debug-dpo", "debug-distill"])
+def test_debug_train_recipes_are_valid_train_specs(name):
+    import yaml
+
+    spec = TrainSpec.model_validate(yaml.safe_load((RECIPES / f"{name}.yaml").read_text()))
+    assert spec.method == name.removeprefix("debug-").replace("-", "_") and spec.base_model == "tiny"
+    assert spec.train_uri.startswith("../shared/data/") and spec.hyperparams.max_steps > 0
