@@ -45,7 +45,7 @@ ALLOWED_USAGE: dict[str, tuple[str, ...]] = {
     "prompt_tuning": ("sft",),
     "distill": ("sft",),
     "reward_model": ("reward_model",),
-    "dpo": ("rl", "reward_model"),
+    "dpo": ("reward_model",),  # DPO needs ranked answers; rl records carry one target each
     "evaluate": ("model_test",),
 }
 

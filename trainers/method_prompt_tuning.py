@@ -10,7 +10,8 @@ Saved as format ``prompt_adapter``: the model directory holds the PEFT adapter
 (``adapter_config.json``, ``adapter_model.safetensors``), the tokenizer and forgeflow.json, whose
 ``adapter_base`` says where the frozen base is. With base_model 'tiny' the base exists only in this run,
 so it is saved inside the model directory as ``base/`` (a full model directory) and
-``adapter_base = {"dir": "base"}``; otherwise ``{"ref": <the base model, latest pinned>}``. To generate:
+``adapter_base = {"dir": "base"}``; otherwise forgeflow.json's ``base_model`` (the pinned reference the
+engine records) names it. To generate:
 ``trainers.modeling.load_model_dir(dir)`` (the base + ``PeftModel.from_pretrained``; ``generate`` then
 prepends the virtual tokens). vLLM has no prompt-adapter support, so such a model is served by the
 transformers fallback.
@@ -70,7 +71,7 @@ class PromptTuning(SftFull):
         return super().trainer(spec, model, tokenizer, data, args, callbacks)
 
     def export(self, spec, trainer, tokenizer, out):
-        from trainers.modeling import ADAPTER_BASE_DIR, pinned_base_ref, save_model_dir
+        from trainers.modeling import ADAPTER_BASE_DIR, save_model_dir
 
         hp = spec.hyperparams
         meta = {
@@ -90,6 +91,5 @@ class PromptTuning(SftFull):
                 trainer.model.get_base_model(), tokenizer, out / "model" / ADAPTER_BASE_DIR, base_info
             )
             meta["adapter_base"] = {"dir": ADAPTER_BASE_DIR}
-        else:
-            meta["adapter_base"] = {"ref": pinned_base_ref(spec.base_model)}
+        # otherwise the engine's base_model (the pinned reference) in forgeflow.json names the base
         return Exported(trainer.model, "prompt_adapter", meta=meta)

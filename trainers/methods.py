@@ -303,7 +303,4 @@ class SftLora(SftFull):
         save_tokenizer(tokenizer, adapter_dir)
         if spec.merge_lora:
             return Exported(trainer.model.merge_and_unload(), "merged", {"adapter": adapter_dir})
-        from trainers.modeling import pinned_base_ref
-
-        base = {"ref": pinned_base_ref(spec.base_model)}
-        return Exported(trainer.model, "peft_adapter", {"adapter": adapter_dir}, {"adapter_base": base})
+        return Exported(trainer.model, "peft_adapter", {"adapter": adapter_dir})

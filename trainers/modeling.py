@@ -9,9 +9,8 @@ and ``forgeflow.json`` with the resolved spec), so vLLM and the transformers fal
 - ``full`` / ``merged``: a causal LM, as above;
 - ``reward_model``: a ``...ForSequenceClassification`` with one output, the reward of a conversation;
 - ``peft_adapter`` / ``prompt_adapter``: a PEFT adapter (LoRA / prompt tuning) and the tokenizer, without
-  base weights. ``adapter_base`` says where the base is: ``{"dir": "base"}`` (a full model directory
-  inside this one, written when the base was the run's own tiny model) or ``{"ref": ...}`` (the
-  registered version or directory it was trained on, ``latest`` pinned to a number).
+  base weights. The base is ``base_model`` (the pinned reference the run started from) or, when the run
+  built its own tiny base, the full model directory ``adapter_base.dir`` inside this one (``base/``).
 """
 
 from __future__ import annotations
@@ -147,28 +146,18 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerBase, target: Path) -> None:
 # ---------------------------------------------------------------- adapters and loading for inference
 
 
-def pinned_base_ref(base_model: str) -> str:
-    """The base reference an adapter records: ``models:/name/latest`` pinned to the version it used."""
-    from tasks.registry import MODEL_REF, resolve_version
-
-    m = MODEL_REF.match(base_model)
-    if m and m["version"] == "latest":
-        return f"models:/{m['name']}/{resolve_version(m['name'], 'latest')}"
-    return base_model
-
-
 def adapter_base_dir(model_dir: Path, info: dict[str, Any]) -> Path:
     """The local base model directory of an adapter directory, from its forgeflow.json ``info``."""
     from tasks.registry import fetch_model
 
-    base = info.get("adapter_base") or {}
-    if base.get("dir"):
-        return model_dir / base["dir"]
-    ref = base.get("ref") or (info.get("spec") or {}).get("base_model")
+    inside = (info.get("adapter_base") or {}).get("dir")
+    if inside:
+        return model_dir / inside
+    ref = info.get("base_model") or (info.get("spec") or {}).get("base_model")  # the pinned one first
     if not ref or ref == "tiny":
         raise FileNotFoundError(
-            f"{model_dir}: an adapter without a base reference in {FORGEFLOW_FILE} (adapter_base); "
-            "retrain it with this version of Forgeflow, which records the base"
+            f"{model_dir}: an adapter whose {FORGEFLOW_FILE} names no stored base model (base_model or "
+            "adapter_base.dir); retrain it with this version of Forgeflow"
         )
     return fetch_model(ref)
 

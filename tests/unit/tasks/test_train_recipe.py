@@ -36,7 +36,7 @@ def no_import(monkeypatch):
 
 
 def test_the_debug_recipes_exist_for_every_method():
-    for method in ("pretrain", "sft-full", "sft-lora"):
+    for method in ("pretrain", "sft-full", "sft-lora", "prompt-tuning", "reward-model", "dpo", "distill"):
         assert f"debug-{method}" in BUNDLED
 
 
@@ -92,3 +92,10 @@ def test_unknown_and_missing_things_are_named(tmp_path, home, no_import):
         load_train_recipe(_write(tmp_path, "method: pretrain\n"))
     with pytest.raises(TrainRecipeError, match=r"training recipe 'debug-nothing' not found .*debug-pretrain"):
         load_train_recipe("debug-nothing")
+
+
+@pytest.mark.parametrize("name", ["debug-reward-model", "debug-dpo"])
+def test_preference_files_are_imported_as_ranking_records(name, home, no_import):
+    load_train_recipe(name)
+    (path, fmt, usage) = no_import[-1]
+    assert path.parent.name == "preference" and fmt == "preference" and usage == "reward_model"

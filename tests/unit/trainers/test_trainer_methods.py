@@ -4,7 +4,6 @@ the pairwise loss and accuracy, teacher-answer rules, spec validation and the ML
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import httpx
 import pytest
@@ -231,12 +230,10 @@ def test_adapter_base_dir_from_forgeflow_json(tmp_path):
     model_dir = tmp_path / "model"
     assert adapter_base_dir(model_dir, {"adapter_base": {"dir": "base"}}) == model_dir / "base"
     (tmp_path / "kept-base").mkdir()
-    assert (
-        adapter_base_dir(model_dir, {"adapter_base": {"ref": str(tmp_path / "kept-base")}})
-        == tmp_path / "kept-base"
-    )
-    with pytest.raises(FileNotFoundError, match="without a base reference"):
-        adapter_base_dir(model_dir, {"spec": {"base_model": "tiny"}})
+    kept = {"base_model": str(tmp_path / "kept-base"), "spec": {"base_model": "models:/x/latest"}}
+    assert adapter_base_dir(model_dir, kept) == tmp_path / "kept-base"  # the pinned reference wins
+    with pytest.raises(FileNotFoundError, match="names no stored base model"):
+        adapter_base_dir(model_dir, {"base_model": "tiny", "spec": {"base_model": "tiny"}})
 
 
 # ---------------------------------------------------------------- DPO config
@@ -407,18 +404,3 @@ def test_step_logger_logs_method_metrics_and_skips_perplexity_for_pairwise():
     lm = Client()
     MlflowStepLogger(lm, "r").on_log(None, state, None, logs)
     assert set(lm.logged) == {"loss", "eval_loss", "perplexity"}
-
-
-# ---------------------------------------------------------------- debug recipes
-
-
-RECIPES = Path(__file__).resolve().parents[3] / "include" / "recipes" / "train"
-
-
-@pytest.mark.parametrize("name", ["debug-prompt-tuning", "debug-reward-model", "debug-dpo", "debug-distill"])
-def test_debug_train_recipes_are_valid_train_specs(name):
-    import yaml
-
-    spec = TrainSpec.model_validate(yaml.safe_load((RECIPES / f"{name}.yaml").read_text()))
-    assert spec.method == name.removeprefix("debug-").replace("-", "_") and spec.base_model == "tiny"
-    assert spec.train_uri.startswith("../shared/data/") and spec.hyperparams.max_steps > 0
