@@ -1,7 +1,9 @@
 """The spec-file contract every engine follows: ``python -m <engine> SPEC_URI``.
 
 The engine validates the spec, does its work and writes ``result.json`` beside the spec, with
-``status`` = success | failed. The exit code is 0 on success, 2 for a bad spec, 1 for a failed run.
+``status`` = success | failed | stopped. The exit code is 0 on success, 2 for a bad spec, 1 for a failed
+run and 3 for a run stopped on request (SIGTERM) before it finished: its ``error`` says where it got to
+(for training: the checkpoint to resume from), and it registered nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +26,17 @@ log = logging.getLogger("forgeflow.engine")
 
 class SpecError(ValueError):
     """A spec that does not validate; the message names the file and each bad field."""
+
+
+class EngineStopped(Exception):
+    """The engine was asked to stop and stopped cleanly; ``result`` says how far it got."""
+
+    def __init__(self, message: str, result: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.result = result or {}
+
+
+EXIT_STOPPED = 3
 
 
 def result_uri_for(spec_uri: str) -> str:
@@ -77,6 +90,13 @@ def engine_main(cls: type[S], run: Callable[[S], dict[str, Any]], argv: list[str
         return 2
     try:
         result = run(spec)
+    except EngineStopped as e:
+        log.warning("engine stopped: %s", e)
+        lake.write_json(
+            result_uri,
+            {**e.result, "status": "stopped", "error": str(e), "seconds": round(time.time() - started, 3)},
+        )
+        return EXIT_STOPPED
     except Exception as e:  # the result file carries the failure to the orchestrator
         log.error("engine failed: %s\n%s", e, traceback.format_exc())
         lake.write_json(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -57,6 +58,10 @@ class EngineFailed(RuntimeError):
     """The engine ran and reported a failure; the message carries its error and the log tail."""
 
 
+class EngineStoppedError(EngineFailed):
+    """The engine stopped on request before it finished (status 'stopped'); nothing was registered."""
+
+
 def spec_uri_for(run_key: str, engine: str, lake: Lake | None = None) -> str:
     lake = lake or Lake.from_settings()
     return lake.uri("runs", slug(run_key), engine.replace(".", "-"), "spec.json")
@@ -83,6 +88,10 @@ def read_result(spec_uri: str, lake: Lake | None = None) -> dict[str, Any]:
     if not lake.exists(uri):
         raise EngineFailed(f"the engine wrote no result at {uri}; see the task log")
     result = lake.read_json(uri)
+    if result.get("status") == "stopped":
+        raise EngineStoppedError(
+            f"engine stopped before it finished: {result.get('error', 'no reason given')}"
+        )
     if result.get("status") != "success":
         raise EngineFailed(f"engine failed: {result.get('error', 'unknown error')}")
     return result
@@ -140,10 +149,14 @@ class LocalRunner:
         try:
             return read_result(spec_uri)
         except EngineFailed as e:
-            raise EngineFailed(f"{e} (exit code {rc})\n--- last log lines ---\n" + "\n".join(tail)) from None
+            raise type(e)(f"{e} (exit code {rc})\n--- last log lines ---\n" + "\n".join(tail)) from None
 
 
-def _stop_group(proc: subprocess.Popen, grace_s: float = 20) -> None:
+def _stop_group(proc: subprocess.Popen, grace_s: float | None = None) -> None:
+    """SIGTERM the engine's process group, SIGKILL it when it has not exited after the grace period
+    (``engine_stop_grace_s``): the time a training engine has to save its stop checkpoint."""
+    if grace_s is None:
+        grace_s = get_settings().engine_stop_grace_s
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=grace_s)
@@ -248,6 +261,7 @@ def engine_pod_operator(
         config_file=s.k8s_config_file,
         labels={"app.kubernetes.io/part-of": "forgeflow", "forgeflow/engine": engine.replace(".", "-")},
         get_logs=True,
+        termination_grace_period=math.ceil(s.engine_stop_grace_s),
         on_finish_action="delete_succeeded_pod",
         startup_timeout_seconds=600,
         **kwargs,

@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     spark_master: str = Field(
         default="local[*]", description="Spark master URL: local[*], spark://host:7077, yarn, k8s://..."
     )
+    engine_stop_grace_s: float = Field(
+        default=45,
+        gt=0,
+        description="Seconds a stopped engine gets between SIGTERM and SIGKILL (local process group and "
+        "pod termination grace): a training engine saves a checkpoint in that time. Keep it below "
+        "Airflow's killed_task_cleanup_time (60 s by default).",
+    )
     k8s_namespace: str = Field(default="forgeflow", description="Namespace of engine pods.")
     k8s_image: str = Field(default="forgeflow:latest", description="Image built from this repo's Dockerfile.")
     k8s_service_account: str = Field(default="forgeflow", description="Service account of engine pods.")

@@ -217,9 +217,21 @@ class HyperParams(BaseModel):
     lora_dropout: float = Field(default=0.05, ge=0, lt=1, description="LoRA dropout.")
     seed: int = Field(default=42, description="Random seed.")
     logging_steps: int = Field(default=5, ge=1, description="Log metrics every N steps.")
-    save_strategy: Literal["no", "steps", "epoch"] = Field(default="no", description="Checkpoint strategy.")
-    save_steps: int = Field(default=500, ge=1, description="Checkpoint every N steps (strategy 'steps').")
-    save_total_limit: int | None = Field(default=2, description="Keep at most N checkpoints (None: all).")
+    save_strategy: Literal["no", "steps", "epoch"] = Field(
+        default="no",
+        description="Checkpoints: 'no' (off; a stop request still saves one), 'steps' (every save_steps "
+        "optimizer steps) or 'epoch' (after each pass). Each lands complete in "
+        "<output_uri>/checkpoints/checkpoint-<step> as it is saved, so a crash loses at most the steps "
+        "since the last one.",
+    )
+    save_steps: int = Field(
+        default=500, ge=1, description="Checkpoint every N optimizer steps (strategy 'steps')."
+    )
+    save_total_limit: int | None = Field(
+        default=2,
+        ge=1,
+        description="Checkpoints kept: N keeps the newest N (in the lake too), None (empty) keeps all.",
+    )
     num_virtual_tokens: int = Field(
         default=20,
         ge=1,
@@ -357,6 +369,51 @@ class DistillConfig(BaseModel):
     )
 
 
+ResumeMode = Literal["weights_only", "continue", "continue_skip"]
+
+
+class ResumeSpec(BaseModel):
+    """Start a run from a checkpoint (REQUIREMENTS §2: weights only, continue, continue skipping N)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    from_uri: str = Field(
+        description="'latest' (the newest complete checkpoint under this spec's output_uri), a checkpoint "
+        "<output_uri>/checkpoints/checkpoint-<step>, or another run's output_uri (or its checkpoints/ "
+        "directory) for that run's newest complete checkpoint."
+    )
+    mode: ResumeMode = Field(
+        default="continue",
+        description="weights_only: a new training from the checkpoint's weights (a LoRA checkpoint: its "
+        "adapter), fresh optimizer and schedule from step 0; continue: weights, optimizer, scheduler, RNG "
+        "and data position, so the run goes on as if never interrupted; continue_skip: continue, then "
+        "skip skip_samples training samples right after the checkpoint's data position (e.g. bad data).",
+    )
+    skip_samples: int = Field(
+        default=0,
+        ge=0,
+        description="continue_skip: training samples to skip (packed blocks for pretrain, examples for "
+        "SFT); the samples after them move up, so the run makes the same number of steps.",
+    )
+    if_missing: Literal["fail", "start"] = Field(
+        default="fail",
+        description="With from_uri 'latest' and no complete checkpoint yet: fail, or start from scratch "
+        "(lets a retried task pick up where a killed attempt left off).",
+    )
+
+    @model_validator(mode="after")
+    def _skip_needs_its_mode(self) -> ResumeSpec:
+        if self.mode == "continue_skip" and self.skip_samples < 1:
+            raise ValueError("resume.mode continue_skip needs resume.skip_samples >= 1")
+        if self.mode != "continue_skip" and self.skip_samples:
+            raise ValueError(
+                f"resume.skip_samples={self.skip_samples} only applies to mode continue_skip (mode is {self.mode})"
+            )
+        if self.if_missing == "start" and self.from_uri != "latest":
+            raise ValueError("resume.if_missing 'start' applies to from_uri 'latest' only")
+        return self
+
+
 class TrainSpec(Spec):
     """Train or fine-tune a model and register it in MLflow."""
 
@@ -399,6 +456,9 @@ class TrainSpec(Spec):
         "question of the training data and the student learns its answers.",
     )
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    resume: ResumeSpec | None = Field(
+        default=None, description="Start from a checkpoint (see ResumeSpec); None trains from the base."
+    )
 
     @field_validator("register_as")
     @classmethod

@@ -7,6 +7,10 @@ masked chat examples) -> model (the tiny Llama with a tokenizer trained on the d
 optionally with LoRA) -> Trainer -> save (a servable Hugging Face directory at ``<output_uri>/model``,
 logged to MLflow and registered when ``register_as`` is set). ``result.json`` lands beside the spec.
 
+Checkpoints land complete in ``<output_uri>/checkpoints/`` as they are saved; ``resume`` starts from one
+(weights only, continue, continue skipping N samples) and SIGTERM stops at the next step with one
+(trainers/checkpoints.py).
+
 A rerun with the same ``run_key`` returns the finished run's result instead of training again, so a
 retried Airflow task never registers a second model version.
 """
@@ -26,6 +30,7 @@ from tasks.registry import client, ensure_experiment, fetch_model, register_mode
 from tasks.specs import HyperParams, TrainSpec
 from tasks.storage import Lake
 from tasks.version import code_version
+from trainers import checkpoints as ckpt
 from trainers.data import DataError, read_records, train_tokenizer
 from trainers.methods import METHODS, UnsupportedMethodError, get_method
 from trainers.modeling import count_parameters, save_model_dir
@@ -169,6 +174,7 @@ def run(spec: TrainSpec) -> dict[str, Any]:
             spec.experiment,
         )
         return previous
+    resume = ckpt.prepare_resume(lake, spec)
     set_seed(hp.seed)
 
     # ---- data
@@ -181,10 +187,16 @@ def run(spec: TrainSpec) -> dict[str, Any]:
 
     # ---- model
     # 'models:/NAME/latest' is pinned now, so the run, the model version and a later adapter merge name the
-    # exact base version this run started from.
-    base_ref = spec.base_model if spec.base_model == "tiny" else pin_model_ref(spec.base_model)
-    if spec.base_model == "tiny":
-        tokenizer = train_tokenizer(method.corpus(train_df, spec.train_uri), spec.tiny.vocab_size)
+    # exact base version this run started from (resumed: the base its checkpoint was trained on).
+    base_ref = ckpt.resumed_base_ref(resume, spec) or (
+        spec.base_model if spec.base_model == "tiny" else pin_model_ref(spec.base_model)
+    )
+    if start := ckpt.start_model(resume, method):  # weights_only: the checkpoint is the base
+        (model, tokenizer), base_path = start, None
+    elif spec.base_model == "tiny":
+        tokenizer = ckpt.checkpoint_tokenizer(resume) or train_tokenizer(
+            method.corpus(train_df, spec.train_uri), spec.tiny.vocab_size
+        )
         model = method.build_tiny(spec, tokenizer)
         base_path = None
     else:
@@ -193,6 +205,7 @@ def run(spec: TrainSpec) -> dict[str, Any]:
     template = choose_chat_template(tokenizer, spec.chat_template)
     data = method.prepare(spec, tokenizer, train_df, eval_df)
     model = method.build(spec, model)
+    ckpt.load_start_adapter(resume, model)
     trainable, total = count_parameters(model)
     log.info("model: %s trainable of %s parameters; data: %s", f"{trainable:,}", f"{total:,}", data.stats)
 
@@ -204,8 +217,10 @@ def run(spec: TrainSpec) -> dict[str, Any]:
         "base_model": base_ref,
         "code_version": code_version(),
     }
-    with mlflow.start_run(experiment_id=experiment_id, run_name=spec.run_key, tags=tags) as active:
+    run_tags = tags | ckpt.resume_tags(resume)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=spec.run_key, tags=run_tags) as active:
         run_id = active.info.run_id
+        ckpt.copy_metric_history(c, resume, run_id)
         steps_per_epoch = math.ceil(len(data.train) / (hp.batch_size * hp.gradient_accumulation_steps))
         total_steps = hp.max_steps if hp.max_steps > 0 else math.ceil(hp.epochs * steps_per_epoch)
         resolved = {
@@ -232,13 +247,12 @@ def run(spec: TrainSpec) -> dict[str, Any]:
             step_logger = MlflowStepLogger(
                 c, run_id, method.extra_metrics, with_perplexity=method.objective == "lm"
             )
+            saver = ckpt.CheckpointCallback(lake, spec, run_id, resume, base_ref=base_ref)
             trainer = method.trainer(
-                spec, model, tokenizer, data, training_arguments(hp, out / "checkpoints"), [step_logger]
+                spec, model, tokenizer, data, training_arguments(hp, saver.local_dir), [step_logger, saver]
             )
-            train_output = trainer.train()
-            checkpoints = out / "checkpoints"
-            if checkpoints.is_dir() and not any(checkpoints.iterdir()):  # save_strategy 'no'
-                checkpoints.rmdir()
+            train_output = ckpt.train(trainer, resume, saver)
+            ckpt.raise_if_stopped(saver)  # a stop request: checkpoint saved, nothing exported or registered
             eval_output = trainer.evaluate() if data.eval is not None else {}
             eval_loss = eval_output.get("eval_loss")
 
@@ -310,7 +324,8 @@ def run(spec: TrainSpec) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return engine_main(TrainSpec, run, argv)
+    with ckpt.stop_signals():  # SIGTERM: checkpoint at the next step boundary, then a 'stopped' result
+        return engine_main(TrainSpec, run, argv)
 
 
 if __name__ == "__main__":
