@@ -8,7 +8,7 @@ from typing import Any
 from tasks.catalog import Catalog, CatalogError
 from tasks.runners import prepare, read_result
 from tasks.settings import get_settings
-from tasks.specs import METHOD_DEFAULTS, HyperParams, TinyModelConfig, TrainSpec, slug
+from tasks.specs import METHOD_DEFAULTS, HyperParams, ResumeSpec, TinyModelConfig, TrainSpec, slug
 from tasks.storage import Lake
 
 HP_PREFIX = "hp_"
@@ -75,8 +75,21 @@ def build_train_spec(params: dict[str, Any], run_key: str, dataset_ref: str) -> 
         experiment=params["experiment"],
         register_as=params["register_as"] or None,
         merge_lora=params["merge_lora"],
+        resume=resume_spec(params),
     )
     return {"spec_uri": prepare(spec, "trainers.train"), "dataset_ref": version.ref}
+
+
+def resume_spec(params: dict[str, Any]) -> ResumeSpec:
+    """Where the run starts: the ``resume_from`` Param (a checkpoint, or another run's output) with
+    ``resume_mode`` and ``resume_skip_samples``; empty, this run's own newest checkpoint when there is one,
+    so a retried task goes on from where a killed or stopped attempt saved last."""
+    uri = (params.get("resume_from") or "").strip()
+    if not uri:
+        return ResumeSpec(from_uri="latest", if_missing="start")
+    mode = params.get("resume_mode") or "continue"
+    skip = int(params.get("resume_skip_samples") or 0) if mode == "continue_skip" else 0
+    return ResumeSpec(from_uri=uri, mode=mode, skip_samples=skip)
 
 
 def summarize(spec_uri: str) -> dict[str, Any]:

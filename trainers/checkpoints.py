@@ -593,10 +593,13 @@ class CheckpointCallback(TrainerCallback):
             self.stop.phase = "training"
 
     def on_step_end(self, args, state, control, **kwargs):
-        if _agreed(self.stop.requested is not None, args.device) and self.stopped_at is None:
-            self.stopped_at = state.global_step
-            control.should_save = True
-            control.should_training_stop = True
+        if not _agreed(self.stop.requested is not None, args.device) or self.stopped_at is not None:
+            return
+        if state.max_steps and state.global_step >= state.max_steps:
+            return  # that was the last step: the run finishes (and saves as its strategy says)
+        self.stopped_at = state.global_step
+        control.should_save = True
+        control.should_training_stop = True
 
     def on_epoch_end(self, args, state, control, **kwargs):
         if self.stopped_at is not None:  # already saved at the stop step; an epoch save would repeat it

@@ -347,10 +347,8 @@ def test_weights_only_from_a_lora_checkpoint_loads_the_adapter(forgeflow_home):
         **lora,
     )
     assert _run(again)["steps"] == 1
-    assert (
-        _max_diff(adapter, _weights(forgeflow_home / "lake" / "models" / "lora-weights-only" / "adapter"))
-        < 1e-4
-    )
+    after = _weights(forgeflow_home / "lake" / "models" / "lora-weights-only" / "adapter")
+    assert _max_diff(adapter, after) < 1e-5  # one step at LR 1e-6; a fresh adapter has lora_B = 0
 
 
 def test_resume_errors_name_the_checkpoint_and_list_the_complete_ones(forgeflow_home, reference):

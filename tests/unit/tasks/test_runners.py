@@ -4,21 +4,30 @@ import pytest
 import yaml
 
 from tasks.engine import result_uri_for, write_spec
-from tasks.runners import EngineFailed, LocalRunner, PodResources, engine_pod_operator, prepare, render_pod
+from tasks.runners import (
+    EngineFailed,
+    EngineStoppedError,
+    LocalRunner,
+    PodResources,
+    _stop_group,
+    engine_pod_operator,
+    prepare,
+    render_pod,
+)
 from tasks.specs import ServeSpec
 from tasks.storage import Lake
 
 ECHO = "tests.unit.tasks.echo_engine"
 
 
-def _spec_uri(lake: Lake, fail: bool = False, raw: dict | None = None) -> str:
+def _spec_uri(lake: Lake, fail: bool = False, raw: dict | None = None, stop: bool = False) -> str:
     from tests.unit.tasks.echo_engine import EchoSpec
 
     uri = lake.uri("runs", "t", "spec.json")
     if raw is not None:
         lake.write_json(uri, raw)
     else:
-        write_spec(EchoSpec(run_key="demo-run", fail=fail), uri, lake)
+        write_spec(EchoSpec(run_key="demo-run", fail=fail, stop=stop), uri, lake)
     return uri
 
 
@@ -34,6 +43,39 @@ def test_engine_failure_carries_error_and_log_tail(ff_home):
     with pytest.raises(EngineFailed) as e:
         LocalRunner().run(ECHO, _spec_uri(lake, fail=True))
     assert "asked to fail" in str(e.value) and "echo engine running demo-run" in str(e.value)
+
+
+def test_a_stopped_engine_is_reported_as_stopped(ff_home):
+    lake = Lake.from_settings()
+    with pytest.raises(
+        EngineStoppedError, match=r"engine stopped before it finished: .*checkpoint c2 .*exit code 3"
+    ):
+        LocalRunner().run(ECHO, _spec_uri(lake, stop=True))
+
+
+def test_stop_group_waits_the_configured_grace_then_kills(ff_home, monkeypatch):
+    import subprocess
+    import sys
+
+    from tasks.settings import get_settings
+
+    monkeypatch.setenv("FORGEFLOW_ENGINE_STOP_GRACE_S", "0.5")
+    get_settings.cache_clear()
+    assert get_settings().engine_stop_grace_s == 0.5
+    stubborn = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('ready', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert stubborn.stdout.readline().strip() == "ready"
+    _stop_group(stubborn)  # SIGTERM is ignored: SIGKILL after the grace
+    assert stubborn.returncode == -9
 
 
 def test_bad_spec_names_the_field(ff_home):
@@ -78,6 +120,7 @@ def test_pod_renders_to_a_valid_kubernetes_manifest(ff_home):
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "8"
     assert {v["name"] for v in pod["spec"]["volumes"]} == {"dshm", "state"}
     assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 45  # time to save the stop checkpoint
     # the rendered manifest is plain YAML a user can kubectl apply
     assert yaml.safe_load(yaml.safe_dump(pod)) == pod
 

@@ -90,6 +90,19 @@ def test_train_spec_uses_method_defaults_and_overrides(ff_home):
     assert spec.dataset_ref == "general/d@V1" and spec.train_uri == "file:///v"
 
 
+def test_train_spec_resumes_its_own_latest_checkpoint_unless_told_otherwise(ff_home):
+    from tasks.training import resume_spec
+
+    ref = _publish("sft")
+    spec = load_spec(build_train_spec(TRAIN_PARAMS, "model_train/r1", ref)["spec_uri"], TrainSpec)
+    assert (spec.resume.from_uri, spec.resume.mode, spec.resume.if_missing) == ("latest", "continue", "start")
+    other = resume_spec({"resume_from": "s3://lake/models/r0", "resume_mode": "continue_skip", "resume_skip_samples": 64})
+    assert (other.from_uri, other.mode, other.skip_samples, other.if_missing) == (
+        "s3://lake/models/r0", "continue_skip", 64, "fail",
+    )
+    assert resume_spec({"resume_from": "s3://x", "resume_mode": "weights_only", "resume_skip_samples": 5}).skip_samples == 0
+
+
 def test_train_spec_enforces_usage(ff_home):
     ref = _publish("pretrain")
     with pytest.raises(CatalogError, match="sft_lora can only use sft data"):

@@ -1,0 +1,254 @@
+"""The pure parts of trainers/checkpoints.py: listing, resolution, retention, publishing, resume checks,
+the skipped sample stream, stop requests, and the 'stopped' result contract."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from pydantic import ValidationError
+
+from tasks.engine import EngineStopped, engine_main
+from tasks.specs import ResumeSpec, Spec, TrainSpec, default_hyperparams
+from tasks.storage import Lake
+from trainers import checkpoints as ck
+
+
+def _ckpt(root: Path, step: int, complete: bool = True, **files: str) -> Path:
+    d = root / "checkpoints" / f"checkpoint-{step}"
+    d.mkdir(parents=True)
+    for name, text in {"trainer_state.json": json.dumps({"global_step": step}), **files}.items():
+        (d / name).write_text(text)
+    if complete:
+        (d / ck.COMPLETE_MARKER).write_text("{}")
+    return d
+
+
+def _spec(output: Path, **overrides) -> TrainSpec:
+    return TrainSpec(
+        run_key="r",
+        method="pretrain",
+        train_uri="file:///data/v1",
+        output_uri=output.as_uri(),
+        hyperparams=default_hyperparams("pretrain", batch_size=4),
+        **overrides,
+    )
+
+
+# ---------------------------------------------------------------- spec
+
+
+def test_resume_spec_ties_skip_samples_to_its_mode():
+    assert ResumeSpec(from_uri="latest").mode == "continue"
+    assert ResumeSpec(from_uri="latest", mode="continue_skip", skip_samples=5).skip_samples == 5
+    with pytest.raises(ValidationError, match="continue_skip needs resume.skip_samples >= 1"):
+        ResumeSpec(from_uri="latest", mode="continue_skip")
+    with pytest.raises(ValidationError, match="only applies to mode continue_skip"):
+        ResumeSpec(from_uri="latest", skip_samples=3)
+    with pytest.raises(ValidationError, match="if_missing 'start' applies to from_uri 'latest' only"):
+        ResumeSpec(from_uri="file:///x/checkpoints/checkpoint-1", if_missing="start")
+    with pytest.raises(ValidationError, match="save_total_limit"):
+        default_hyperparams("pretrain", save_total_limit=0)
+
+
+# ---------------------------------------------------------------- listing, resolution, retention
+
+
+def test_list_and_resolve_only_trust_complete_checkpoints(tmp_path):
+    lake = Lake(tmp_path.as_uri())
+    out = tmp_path / "run"
+    for step, complete in ((3, True), (6, True), (9, False)):
+        _ckpt(out, step, complete)
+    (out / "checkpoints" / "notes").mkdir()  # not a checkpoint
+    refs = ck.list_checkpoints(lake, ck.checkpoints_uri(out.as_uri()))
+    assert [(r.step, r.complete) for r in refs] == [(3, True), (6, True), (9, False)]
+
+    latest = ck.resolve_checkpoint(lake, "latest", out.as_uri())
+    assert latest.step == 6 and latest.uri == ck.checkpoint_uri(out.as_uri(), 6)
+    for other_run in (out.as_uri(), out.as_uri() + "/checkpoints", str(out)):  # another run's output
+        assert ck.resolve_checkpoint(lake, other_run, (tmp_path / "new").as_uri()).step == 6
+    assert ck.resolve_checkpoint(lake, ck.checkpoint_uri(out.as_uri(), 3), "file:///x").step == 3
+
+    with pytest.raises(ck.CheckpointError, match=r"incomplete checkpoint.*found: .*checkpoint-3, .*checkpoint-6 under"):
+        ck.resolve_checkpoint(lake, ck.checkpoint_uri(out.as_uri(), 9), "file:///x")
+    with pytest.raises(
+        ck.CheckpointError, match="checkpoint-12: no such checkpoint; complete checkpoints found"
+    ):
+        ck.resolve_checkpoint(lake, ck.checkpoint_uri(out.as_uri(), 12), "file:///x")
+    with pytest.raises(ck.CheckpointError, match=r"no complete checkpoint under .*empty/checkpoints.*none"):
+        ck.resolve_checkpoint(lake, (tmp_path / "empty").as_uri(), "file:///x")
+    assert ck.resolve_checkpoint(lake, "latest", (tmp_path / "empty").as_uri()) is None
+
+
+def test_retention_keeps_the_newest_n_and_drops_leftovers():
+    def refs(*steps_complete):
+        return [ck.CheckpointRef(f"u/{s}", s, c) for s, c in steps_complete]
+
+    current = refs((2, True), (4, False), (6, True), (8, True), (10, True), (12, False))
+    steps = lambda rs: [r.step for r in rs]  # noqa: E731
+    # at step 8: 10 and 12 belong to a replaced timeline, 4 is an interrupted save, keep 2 of 2/6/8
+    assert steps(ck.retention(current, 8, keep=2)) == [2, 4, 10, 12]
+    assert steps(ck.retention(current, 8, keep=None)) == [4, 10, 12]  # None: all complete ones
+    assert steps(ck.retention(refs((5, True)), 5, keep=1)) == []
+
+
+def test_publish_marks_complete_last_and_replaces_a_stale_copy(tmp_path):
+    lake = Lake(tmp_path.as_uri())
+    local = tmp_path / "scratch" / "checkpoint-4"
+    (local / "sub").mkdir(parents=True)
+    (local / "model.safetensors").write_bytes(b"weights")
+    (local / "sub" / "x.json").write_text("{}")
+    uri = ck.checkpoint_uri((tmp_path / "run").as_uri(), 4)
+    stale = _ckpt(tmp_path / "run", 4, complete=False, **{"stale.bin": "old"})
+    ck.publish_checkpoint(lake, local, uri)
+    assert not (stale / "stale.bin").exists() and (stale / "model.safetensors").read_bytes() == b"weights"
+    marker = json.loads((stale / ck.COMPLETE_MARKER).read_text())
+    assert marker["files"] == ["model.safetensors", "sub/x.json"]
+    local.joinpath("model.safetensors").unlink()  # the Trainer rotating its local copy
+    assert (stale / "model.safetensors").read_bytes() == b"weights"
+
+
+# ---------------------------------------------------------------- resume plans
+
+
+def test_prepare_resume_checks_the_checkpoint_fits(tmp_path, monkeypatch):
+    monkeypatch.setenv("FORGEFLOW_HOME", str(tmp_path / "home"))
+    from tasks.settings import get_settings
+
+    get_settings.cache_clear()
+    lake = Lake(tmp_path.as_uri())
+    out = tmp_path / "run"
+    spec = _spec(out, resume=ResumeSpec(from_uri="latest"))
+    meta = {
+        "spec": spec.model_dump(mode="json"),
+        "world_size": 1,
+        "skip_windows": [[12, 6]],
+        "mlflow_run_id": "r0",
+    }
+    _ckpt(out, 5, **{ck.META_FILE: json.dumps(meta)})
+    plan = ck.prepare_resume(lake, spec)
+    assert (
+        plan.step == 5
+        and plan.continues
+        and plan.windows == [(12, 6)]
+        and plan.local == out / "checkpoints" / "checkpoint-5"
+    )
+    assert ck.resume_tags(plan) == {
+        ck.RESUMED_FROM_CHECKPOINT_TAG: plan.ref.uri,
+        ck.RESUME_MODE_TAG: "continue",
+        ck.RESUME_STEP_TAG: "5",
+        ck.RESUMED_FROM_RUN_TAG: "r0",
+    }
+
+    changed = _spec(out, resume=ResumeSpec(from_uri="latest"), validation_split=0.2)
+    changed.hyperparams.batch_size = 8
+    with pytest.raises(ck.CheckpointError) as e:
+        ck.prepare_resume(lake, changed)
+    assert "validation_split: checkpoint 0.05, spec 0.2" in str(e.value)
+    assert "hyperparams.batch_size: checkpoint 4, spec 8" in str(e.value) and "weights_only" in str(e.value)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ck.CheckpointError, match="world size: checkpoint 1, now 2"):
+        ck.prepare_resume(lake, spec)
+    monkeypatch.delenv("WORLD_SIZE")
+
+    with pytest.raises(ck.CheckpointError, match="neither model weights .* nor a LoRA adapter"):
+        ck.prepare_resume(lake, _spec(out, resume=ResumeSpec(from_uri="latest", mode="weights_only")))
+    fresh = tmp_path / "fresh"
+    with pytest.raises(ck.CheckpointError, match="set resume.if_missing 'start'"):
+        ck.prepare_resume(lake, _spec(fresh, resume=ResumeSpec(from_uri="latest")))
+    assert (
+        ck.prepare_resume(lake, _spec(fresh, resume=ResumeSpec(from_uri="latest", if_missing="start")))
+        is None
+    )
+    get_settings.cache_clear()
+
+
+# ---------------------------------------------------------------- skipping samples
+
+
+def test_stream_positions_skip_each_window_once():
+    windows = [(10, 5), (20, 3)]
+    assert [ck.to_stream_position(p, windows) for p in (0, 9, 10, 14, 15, 16)] == [0, 9, 15, 19, 23, 24]
+    assert ck.kept_positions(8, 8, windows) == [8, 9, 15, 16, 17, 18, 19, 23]
+    assert ck.kept_positions(8, 4, [(10, 2), (12, 2)]) == [8, 9, 14, 15]  # adjacent windows
+    assert ck.kept_positions(3, 3, []) == [3, 4, 5]
+
+
+def _passes(sampler, n: int) -> list[list[int]]:
+    """What the Trainer reads: set_epoch(e), then one iteration, for each epoch."""
+    out = []
+    for epoch in range(n):
+        sampler.set_epoch(epoch)
+        out.append(list(sampler))
+    return out
+
+
+def test_skip_window_sampler_is_the_seeded_order_with_the_window_cut_out():
+    from accelerate.data_loader import SeedableRandomSampler
+
+    def seeded():
+        return SeedableRandomSampler(range(10), data_seed=7)
+
+    stream = [i for p in _passes(seeded(), 3) for i in p]
+    assert _passes(ck.SkipWindowSampler(seeded(), []), 3) == [stream[:10], stream[10:20], stream[20:]]
+
+    cut = ck.SkipWindowSampler(seeded(), [(6, 7)])  # 4 samples of pass 1 and 3 of pass 2
+    passes = _passes(cut, 2)
+    assert [len(p) for p in passes] == [10, 10] and len(cut) == 10  # epochs keep their length
+    assert passes[0] + passes[1] == stream[:6] + stream[13:27]
+
+
+# ---------------------------------------------------------------- stop requests and the result contract
+
+
+def test_a_stop_before_training_ends_at_once_and_during_training_at_the_step():
+    stop = ck.StopSignal()
+    with pytest.raises(EngineStopped, match="SIGTERM before training started"):
+        stop.handle(signal.SIGTERM, None)
+    stop.reset()
+    stop.phase = "training"
+    stop.handle(signal.SIGTERM, None)
+    assert stop.requested == "SIGTERM"
+
+    spec = _spec(Path("/tmp/out"))
+    saver = ck.CheckpointCallback(Lake("file:///tmp"), spec, "run-1", stop=stop)
+    control = SimpleNamespace(should_save=False, should_training_stop=False)
+    saver.on_step_end(SimpleNamespace(device="cpu"), SimpleNamespace(global_step=10, max_steps=10), control)
+    assert not control.should_save and saver.stopped_at is None  # the last step: the run just finishes
+    saver.on_step_end(SimpleNamespace(device="cpu"), SimpleNamespace(global_step=7, max_steps=10), control)
+    assert control.should_save and control.should_training_stop and saver.stopped_at == 7
+    control.should_save = True
+    saver.on_epoch_end(None, None, control)
+    assert not control.should_save  # the stop checkpoint is not saved twice
+
+    with pytest.raises(EngineStopped) as e:
+        ck.raise_if_stopped(saver)
+    assert "stopped by SIGTERM at step 7; no checkpoint could be saved" in str(e.value)
+    assert e.value.result["steps"] == 7 and e.value.result["model_version"] is None
+
+
+def test_stop_signals_routes_and_restores_the_handlers():
+    before = signal.getsignal(signal.SIGTERM)
+    with ck.stop_signals() as stop:
+        assert signal.getsignal(signal.SIGTERM) == stop.handle == signal.getsignal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_engine_main_writes_a_stopped_result(tmp_path, monkeypatch):
+    from tasks.settings import get_settings
+
+    monkeypatch.setenv("FORGEFLOW_HOME", str(tmp_path))
+    get_settings.cache_clear()
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(Spec(run_key="x").model_dump_json())
+
+    def run(spec):
+        raise EngineStopped("stopped by SIGTERM at step 3; checkpoint c is complete", {"steps": 3})
+
+    assert engine_main(Spec, run, [str(spec_path)]) == 3
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "stopped" and result["steps"] == 3 and "checkpoint c" in result["error"]
+    get_settings.cache_clear()
