@@ -373,7 +373,12 @@ ResumeMode = Literal["weights_only", "continue", "continue_skip"]
 
 
 class ResumeSpec(BaseModel):
-    """Start a run from a checkpoint (REQUIREMENTS §2: weights only, continue, continue skipping N)."""
+    """Start a run from a checkpoint (REQUIREMENTS §2: weights only, continue, continue skipping N).
+
+    The resumed run is a new MLflow run, tagged ``forgeflow.resumed_from_run`` / ``_checkpoint`` /
+    ``forgeflow.resume_mode``; when it continues, its steps go on from the checkpoint's and the earlier
+    run's metrics up to that step are copied in, so its loss curve is one continuous line.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
