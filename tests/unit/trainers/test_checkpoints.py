@@ -166,6 +166,19 @@ def test_prepare_resume_checks_the_checkpoint_fits(tmp_path, monkeypatch):
     get_settings.cache_clear()
 
 
+def test_a_resume_trains_on_the_base_its_checkpoint_pinned(tmp_path):
+    spec = _spec(tmp_path, base_model="models:/base/latest")
+    meta = {"spec": {"base_model": "models:/base/latest"}, "base_model_ref": "models:/base/3"}
+    ref = ck.CheckpointRef("file:///c/checkpoint-4", 4, True)
+    assert ck.resumed_base_ref(ck.Resume(ref, "continue", tmp_path, meta), spec) == "models:/base/3"
+    other = _spec(tmp_path, base_model="models:/other/1")
+    assert ck.resumed_base_ref(ck.Resume(ref, "continue", tmp_path, meta), other) is None
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert ck.resumed_base_ref(ck.Resume(ref, "weights_only", tmp_path, meta), spec) == ref.uri
+    assert ck.resumed_base_ref(None, spec) is None
+
+
 # ---------------------------------------------------------------- skipping samples
 
 
