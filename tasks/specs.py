@@ -230,7 +230,8 @@ class HyperParams(BaseModel):
     save_total_limit: int | None = Field(
         default=2,
         ge=1,
-        description="Checkpoints kept: N keeps the newest N (in the lake too), None (empty) keeps all.",
+        description="Checkpoints kept (save_strategy 'no' is off): N keeps the newest N, in the lake too; "
+        "None (empty) keeps all.",
     )
     num_virtual_tokens: int = Field(
         default=20,

@@ -232,7 +232,10 @@ class Lake:
 
     @contextlib.contextmanager
     def stage(self, uri: str) -> Iterator[Path]:
-        """A local directory whose contents land at ``uri`` when the block succeeds."""
+        """A local directory whose contents land at ``uri`` when the block succeeds.
+
+        On S3 nothing arrives before the block ends, so what must outlive a killed process (training
+        checkpoints) is published on its own as it is written (trainers/checkpoints.py)."""
         if not _is_s3(uri):
             path = local_path(uri)
             path.mkdir(parents=True, exist_ok=True)

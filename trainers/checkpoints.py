@@ -253,15 +253,15 @@ def incompatible(checkpoint_spec: dict[str, Any], spec: TrainSpec, checkpoint_wo
     """The fields in which a 'continue' spec differs from the run that wrote the checkpoint."""
     now = spec.model_dump(mode="json")
     diffs = [
-        f"{k}: checkpoint {checkpoint_spec.get(k)!r}, spec {now[k]!r}"
+        f"{k}: checkpoint {checkpoint_spec[k]!r}, spec {now.get(k)!r}"
         for k in CONTINUE_FIELDS
-        if k in checkpoint_spec and checkpoint_spec[k] != now[k]
+        if k in checkpoint_spec and checkpoint_spec[k] != now.get(k)
     ]
-    old_hp = checkpoint_spec.get("hyperparams", {})
+    old_hp, new_hp = checkpoint_spec.get("hyperparams", {}), now["hyperparams"]
     diffs += [
-        f"hyperparams.{k}: checkpoint {old_hp[k]!r}, spec {now['hyperparams'][k]!r}"
+        f"hyperparams.{k}: checkpoint {old_hp[k]!r}, spec {new_hp.get(k)!r}"
         for k in CONTINUE_HYPERPARAMS
-        if k in old_hp and old_hp[k] != now["hyperparams"][k]
+        if k in old_hp and old_hp[k] != new_hp.get(k)
     ]
     if checkpoint_world != world_size():
         diffs.append(f"world size: checkpoint {checkpoint_world}, now {world_size()}")
