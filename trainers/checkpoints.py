@@ -640,7 +640,7 @@ class CheckpointCallback(TrainerCallback):
             "skip_windows": [list(w) for w in self.windows],
             "resumed_from": self.resume.ref.uri if self.resume else None,
             "base_model_ref": self.base_ref,
-            "spec": self.spec.model_dump(mode="json"),
+            "spec": self.spec.redacted(),  # no teacher API key in the lake
         }
 
 
