@@ -2,12 +2,17 @@
 
 The engine validates the spec, does its work and writes ``result.json`` beside the spec, with
 ``status`` = success | failed. The exit code is 0 on success, 2 for a bad spec, 1 for a failed run.
+
+Under torchrun (RANK set) every process runs the engine and exits with its own code, but only rank 0
+writes a success; a failing rank writes its failure unless one is already there (the first failure is
+usually the cause, and a rank killed by the launcher writes nothing).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 import traceback
@@ -57,6 +62,20 @@ def write_spec(spec: BaseModel, spec_uri: str, lake: Lake | None = None) -> str:
     return spec_uri
 
 
+def process_rank() -> int:
+    """This process's rank under torchrun (0 when not distributed)."""
+    value = os.environ.get("RANK", "0")
+    return int(value) if value.isdigit() else 0
+
+
+def _write_failure(lake: Lake, result_uri: str, failure: dict[str, Any]) -> None:
+    rank = process_rank()
+    if rank == 0:
+        lake.write_json(result_uri, failure)
+    elif not lake.exists(result_uri):
+        lake.write_json(result_uri, {**failure, "error": f"rank {rank}: {failure['error']}"})
+
+
 def engine_main(cls: type[S], run: Callable[[S], dict[str, Any]], argv: list[str] | None = None) -> int:
     """Parse argv, run the engine on the spec and record its result. Returns the exit code."""
     parser = argparse.ArgumentParser(description=f"Run the {cls.__name__} engine on a spec file.")
@@ -73,17 +92,21 @@ def engine_main(cls: type[S], run: Callable[[S], dict[str, Any]], argv: list[str
         spec = load_spec(spec_uri, cls, lake)
     except SpecError as e:
         log.error("%s", e)
-        lake.write_json(result_uri, {"status": "failed", "error": str(e)})
+        _write_failure(lake, result_uri, {"status": "failed", "error": str(e)})
         return 2
     try:
         result = run(spec)
     except Exception as e:  # the result file carries the failure to the orchestrator
         log.error("engine failed: %s\n%s", e, traceback.format_exc())
-        lake.write_json(
+        _write_failure(
+            lake,
             result_uri,
             {"status": "failed", "error": f"{type(e).__name__}: {e}", "seconds": time.time() - started},
         )
         return 1
-    lake.write_json(result_uri, {"status": "success", "seconds": round(time.time() - started, 3), **result})
-    log.info("result written to %s", result_uri)
+    if process_rank() == 0:
+        lake.write_json(
+            result_uri, {"status": "success", "seconds": round(time.time() - started, 3), **result}
+        )
+        log.info("result written to %s", result_uri)
     return 0
