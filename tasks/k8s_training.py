@@ -1,7 +1,8 @@
-"""Multi-node training on Kubernetes: a Kubeflow PyTorchJob (kubeflow.org/v1) built from a TrainSpec.
+"""Training on Kubernetes as a Kubeflow PyTorchJob (kubeflow.org/v1) built from a TrainSpec.
 
-One node is a pod (:func:`tasks.runners.engine_pod_operator`, ``torchrun --standalone``). More nodes are
-a PyTorchJob: a Master and ``nodes - 1`` Workers (or ``nodes`` elastic Workers), each pod running
+One node runs as a plain pod (:func:`tasks.runners.engine_pod_operator`, ``torchrun --standalone``) or as
+a PyTorchJob whose Master runs alone (what :class:`PyTorchJobOperator` submits, so a DAG decides nodes at
+run time). More nodes are a Master and ``nodes - 1`` Workers (or ``nodes`` elastic Workers), each pod running
 ``torchrun ... -m trainers.train SPEC_URI`` with the same image, env, resources, /dev/shm, node selector
 and tolerations as the single pod. The training operator (v1.7+) adds MASTER_ADDR (the master's
 service), MASTER_PORT (the container port named ``pytorchjob-port``), RANK (the node's index: master 0,
@@ -63,7 +64,9 @@ def job_name(run_key: str) -> str:
 def torchrun_args(spec: TrainSpec, name: str) -> list[str]:
     """The torchrun command of every replica (fixed: nnodes and node rank; elastic: c10d rendezvous)."""
     d = spec.distributed
-    if d.min_nodes is None:
+    if d.nodes == 1:
+        launch = ["--standalone", f"--nproc_per_node={d.processes}"]
+    elif d.min_nodes is None:
         launch = [
             f"--nnodes={d.nodes}",
             f"--nproc_per_node={d.processes}",
@@ -121,14 +124,12 @@ def pytorchjob_manifest(
     name: str | None = None,
     active_deadline_s: int | None = None,
 ) -> dict[str, Any]:
-    """The PyTorchJob for a multi-node spec: Master + Workers (fixed size), or elastic Workers."""
+    """The PyTorchJob for a spec: Master + Workers (fixed size), elastic Workers, or (one node) a Master
+    alone running ``torchrun --standalone``, so a DAG can submit every training run the same way."""
     d = spec.distributed
     r = resources or PodResources()
-    if d.nodes < 2:
-        raise ValueError(
-            f"distributed.nodes={d.nodes}: a PyTorchJob is for several nodes; one node runs as one pod "
-            "(engine_pod_operator with processes=distributed.processes)"
-        )
+    if d.min_nodes is not None and d.nodes == 1:
+        raise ValueError("distributed.min_nodes needs nodes > 1: an elastic job grows and shrinks in nodes")
     if r.gpus and d.processes != r.gpus:
         raise ValueError(
             f"distributed.processes={d.processes} but each pod asks for gpus={r.gpus}: a GPU run has one "
@@ -137,7 +138,9 @@ def pytorchjob_manifest(
     name = name or job_name(spec.run_key)
     template = pod_template(spec, spec_uri, r, name)
     replica = {"restartPolicy": "Never", "template": template}
-    if d.min_nodes is None:
+    if d.nodes == 1:
+        replicas = {"Master": {"replicas": 1, **replica}}
+    elif d.min_nodes is None:
         replicas = {
             "Master": {"replicas": 1, **copy.deepcopy(replica)},
             "Worker": {"replicas": d.nodes - 1, **copy.deepcopy(replica)},
@@ -259,19 +262,21 @@ def job_state(job: dict[str, Any]) -> tuple[str, str]:
 class PyTorchJobOperator(BaseOperator):
     """Submit the PyTorchJob for a training spec, wait for it to finish, return the engine's result.
 
-    ``spec_uri`` is templated (the build_spec task's XCom). The manifest is built when the task runs,
-    from the spec itself, and validated before anything reaches the cluster. A retried task whose job
+    ``spec_uri`` is templated (the build_spec task's XCom) and so is ``node_resources`` when given as a
+    dict of PodResources fields (e.g. ``{"gpus": "{{ params.gpus }}"}``): nodes, processes and resources
+    are then all decided when the run starts. The manifest is built when the task runs, from the spec
+    itself, and validated before anything reaches the cluster. A retried task whose job
     still exists (same spec URI) waits on that job instead of submitting a second one; killing the task
     deletes the job.
     """
 
-    template_fields = ("spec_uri",)
+    template_fields = ("spec_uri", "node_resources")
 
     def __init__(
         self,
         *,
         spec_uri: str,
-        node_resources: PodResources | None = None,
+        node_resources: PodResources | dict[str, Any] | None = None,
         kubernetes_conn_id: str | None = None,
         poll_interval_s: float = 30,
         **kwargs: Any,
@@ -288,9 +293,12 @@ class PyTorchJobOperator(BaseOperator):
         from tasks.engine import load_spec
 
         spec = load_spec(self.spec_uri, TrainSpec)
+        resources = self.node_resources
+        if not isinstance(resources, PodResources):
+            resources = PodResources.model_validate(resources)
         timeout = self.execution_timeout.total_seconds() if self.execution_timeout else None
         manifest = pytorchjob_manifest(
-            spec, self.spec_uri, self.node_resources, active_deadline_s=int(timeout) if timeout else None
+            spec, self.spec_uri, resources, active_deadline_s=int(timeout) if timeout else None
         )
         validate_pytorchjob(manifest)
         return manifest

@@ -180,9 +180,17 @@ def test_invalid_pytorchjobs_are_caught_with_the_field(ff_home, mutate, where):
     assert where in str(e.value)
 
 
-def test_pytorchjob_needs_several_nodes_and_one_process_per_gpu(ff_home):
-    with pytest.raises(ValueError, match=r"nodes=1: a PyTorchJob is for several nodes"):
-        pytorchjob_manifest(_spec(processes=8), SPEC_URI, GPU_NODE)
+def test_one_node_job_is_a_standalone_master(ff_home):
+    job = pytorchjob_manifest(_spec(processes=8), SPEC_URI, GPU_NODE)
+    validate_pytorchjob(job)
+    assert {k: v["replicas"] for k, v in job["spec"]["pytorchReplicaSpecs"].items()} == {"Master": 1}
+    c = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    assert c["command"] == ["torchrun", "--standalone", "--nproc_per_node=8", "-m", "trainers.train"]
+
+
+def test_pytorchjob_needs_one_process_per_gpu(ff_home):
+    with pytest.raises(ValueError, match=r"min_nodes needs nodes > 1"):
+        pytorchjob_manifest(_spec(processes=8, min_nodes=1), SPEC_URI, GPU_NODE)
     with pytest.raises(ValueError, match=r"processes=2 but each pod asks for gpus=8"):
         pytorchjob_manifest(_spec(processes=2, nodes=2), SPEC_URI, GPU_NODE)
 
@@ -252,6 +260,16 @@ def test_operator_reports_a_failed_job_with_the_engine_error(ff_home):
     message = str(e.value)
     assert "Failed: job is failed" in message and "no records" in message
     assert "kubectl logs" in message and "training.kubeflow.org/job-name=" in message
+
+
+def test_templated_resources_are_validated_when_the_task_runs(ff_home):
+    api = FakeCustomObjects(["Succeeded"])
+    op, _ = _operator(ff_home, api, {"status": "success"})
+    op.node_resources = {**GPU_NODE.model_dump(), "gpus": "8"}  # as Jinja renders "{{ params.gpus }}"
+    assert op.manifest()["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
+    op.node_resources = {**GPU_NODE.model_dump(), "memory_limit": "1TB"}
+    with pytest.raises(ValueError, match=r"memory_limit '1TB' is not a Kubernetes quantity"):
+        op.manifest()
 
 
 def test_a_retried_task_waits_on_its_existing_job_but_not_on_another_specs(ff_home):
