@@ -4,8 +4,9 @@ The engine validates the spec, does its work and writes ``result.json`` beside t
 ``status`` = success | failed. The exit code is 0 on success, 2 for a bad spec, 1 for a failed run.
 
 Under torchrun (RANK set) every process runs the engine and exits with its own code, but only rank 0
-writes a success; a failing rank writes its failure unless one is already there (the first failure is
-usually the cause, and a rank killed by the launcher writes nothing).
+writes a success, and not over another rank's failure in the same attempt; a failing rank writes its
+failure unless one of this attempt is already there (the first is usually the cause; a rank killed by
+the launcher writes nothing), replacing a success rank 0 wrote first.
 """
 
 from __future__ import annotations
@@ -68,11 +69,25 @@ def process_rank() -> int:
     return int(value) if value.isdigit() else 0
 
 
+def _attempt() -> str | None:
+    """torchrun's restart count (elastic jobs restart every rank after a failure); None outside torchrun."""
+    return os.environ.get("TORCHELASTIC_RESTART_COUNT")
+
+
+def _failed_in_this_attempt(lake: Lake, result_uri: str) -> bool:
+    if "RANK" not in os.environ or not lake.exists(result_uri):
+        return False
+    result = lake.read_json(result_uri)
+    return result.get("status") == "failed" and result.get("attempt") == _attempt()
+
+
 def _write_failure(lake: Lake, result_uri: str, failure: dict[str, Any]) -> None:
     rank = process_rank()
+    if "RANK" in os.environ:
+        failure = {**failure, "attempt": _attempt()}
     if rank == 0:
         lake.write_json(result_uri, failure)
-    elif not lake.exists(result_uri):
+    elif not _failed_in_this_attempt(lake, result_uri):
         lake.write_json(result_uri, {**failure, "error": f"rank {rank}: {failure['error']}"})
 
 
@@ -104,7 +119,9 @@ def engine_main(cls: type[S], run: Callable[[S], dict[str, Any]], argv: list[str
             {"status": "failed", "error": f"{type(e).__name__}: {e}", "seconds": time.time() - started},
         )
         return 1
-    if process_rank() == 0:
+    if process_rank() == 0 and _failed_in_this_attempt(lake, result_uri):
+        log.error("another rank failed in this attempt; its failure stays in %s", result_uri)
+    elif process_rank() == 0:
         lake.write_json(
             result_uri, {"status": "success", "seconds": round(time.time() - started, 3), **result}
         )

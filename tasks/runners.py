@@ -187,9 +187,15 @@ class LocalRunner:
             pidfile.unlink(missing_ok=True)
         log.info("%s exited with %s after %.1fs", engine, rc, time.monotonic() - started)
         try:
-            return read_result(spec_uri)
+            result = read_result(spec_uri)
         except EngineFailed as e:
             raise EngineFailed(f"{e} (exit code {rc})\n--- last log lines ---\n" + "\n".join(tail)) from None
+        if rc != 0:  # e.g. rank 0 wrote its success, then another rank failed: the run failed
+            raise EngineFailed(
+                f"{engine} exited with code {rc} although {result_uri_for(spec_uri)} says success; "
+                "a process failed after it was written\n--- last log lines ---\n" + "\n".join(tail)
+            )
+        return result
 
 
 def _stop_group(proc: subprocess.Popen, grace_s: float = 20) -> None:

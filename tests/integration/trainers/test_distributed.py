@@ -105,10 +105,15 @@ def test_torchrun_two_processes(forgeflow_home, tiny_model, caplog):
     assert any("torch.distributed.run --standalone --nproc_per_node 2" in line for line in lines)
     # each rank's output reaches the task log, prefixed by its rank
     for rank in (0, 1):
-        assert any(line.startswith(f"[rank{rank}]: ") and "rank " in line for line in lines), rank
+        assert any(line.startswith(f"[rank{rank}]: ") and f"rank {rank}/2 (local {rank}/2), cpu" in line for line in lines)
     # rank 1 has no MLflow work: only rank 0 logs the result it wrote
     assert any(line.startswith("[rank0]: ") and "result written to" in line for line in lines)
     assert not any(line.startswith("[rank1]: ") and "result written to" in line for line in lines)
+
+    # a retried task: rank 0 finds the finished run and every rank returns it; no second run or version
+    again = _run(spec)
+    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in result.items() if k != "seconds"}
+    _check_one_run(again, spec, forgeflow_home, world_size=2)
 
 
 def test_deepspeed_zero2_one_process(forgeflow_home, tiny_model):
