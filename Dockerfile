@@ -22,10 +22,13 @@ RUN apt-get update \
 RUN useradd --create-home --uid 1000 forgeflow && mkdir -p /var/lib/forgeflow && chown forgeflow /var/lib/forgeflow
 WORKDIR /opt/forgeflow
 
-COPY requirements.txt .
+COPY requirements.txt requirements-deepspeed.txt ./
 RUN pip install --no-cache-dir uv \
  && uv pip install --system --no-cache -r requirements.txt --extra-index-url "$TORCH_INDEX" \
-      --index-strategy unsafe-best-match
+      --index-strategy unsafe-best-match \
+ && DS_BUILD_OPS=0 uv pip install --system --no-cache --no-build-isolation --no-deps -r requirements-deepspeed.txt
+# DeepSpeed JIT-builds any op it needs (e.g. cpu_adam for offload) here, in the pod's state volume.
+ENV TORCH_EXTENSIONS_DIR=/var/lib/forgeflow/torch_extensions
 
 COPY pyproject.toml README.md ./
 COPY tasks ./tasks

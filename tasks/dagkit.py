@@ -16,6 +16,8 @@ from tasks.settings import get_settings
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator, XComArg
 
+    from tasks.runners import PodResources
+
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "forgeflow",
     "retries": 1,
@@ -71,9 +73,18 @@ def params_from_model(
 
 
 def engine_step(
-    engine: str, spec_uri: XComArg, task_id: str, execution_timeout: timedelta | None = None
+    engine: str,
+    spec_uri: XComArg,
+    task_id: str,
+    execution_timeout: timedelta | None = None,
+    resources: PodResources | None = None,
+    processes: int = 1,
 ) -> BaseOperator | XComArg:
-    """Run ``engine`` on the spec at ``spec_uri`` with the configured runner (local or Kubernetes)."""
+    """Run ``engine`` on the spec at ``spec_uri`` with the configured runner (local or Kubernetes).
+
+    ``resources`` and ``processes`` (torchrun processes, one per GPU) shape the Kubernetes pod; the local
+    runner reads the processes from the spec itself.
+    """
     timeout = execution_timeout or timedelta(hours=6)
     if get_settings().runner == "kubernetes":
         from tasks.runners import engine_pod_operator
@@ -83,6 +94,8 @@ def engine_step(
             task_id,
             engine,
             "{{ ti.xcom_pull(task_ids='" + upstream + "') }}",
+            resources,
+            processes,
             execution_timeout=timeout,
         )
         spec_uri.operator >> op

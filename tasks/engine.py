@@ -4,12 +4,18 @@ The engine validates the spec, does its work and writes ``result.json`` beside t
 ``status`` = success | failed | stopped. The exit code is 0 on success, 2 for a bad spec, 1 for a failed
 run and 3 for a run stopped on request (SIGTERM) before it finished: its ``error`` says where it got to
 (for training: the checkpoint to resume from), and it registered nothing.
+
+Under torchrun (RANK set) every process runs the engine and exits with its own code, but only rank 0
+writes a success, and not over another rank's failure in the same attempt; a failing rank writes its
+failure unless one of this attempt is already there (the first is usually the cause; a rank killed by
+the launcher writes nothing), replacing a success rank 0 wrote first.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 import traceback
@@ -70,6 +76,34 @@ def write_spec(spec: BaseModel, spec_uri: str, lake: Lake | None = None) -> str:
     return spec_uri
 
 
+def process_rank() -> int:
+    """This process's rank under torchrun (0 when not distributed)."""
+    value = os.environ.get("RANK", "0")
+    return int(value) if value.isdigit() else 0
+
+
+def _attempt() -> str | None:
+    """torchrun's restart count (elastic jobs restart every rank after a failure); None outside torchrun."""
+    return os.environ.get("TORCHELASTIC_RESTART_COUNT")
+
+
+def _failed_in_this_attempt(lake: Lake, result_uri: str) -> bool:
+    if "RANK" not in os.environ or not lake.exists(result_uri):
+        return False
+    result = lake.read_json(result_uri)
+    return result.get("status") == "failed" and result.get("attempt") == _attempt()
+
+
+def _write_failure(lake: Lake, result_uri: str, failure: dict[str, Any]) -> None:
+    rank = process_rank()
+    if "RANK" in os.environ:
+        failure = {**failure, "attempt": _attempt()}
+    if rank == 0:
+        lake.write_json(result_uri, failure)
+    elif not _failed_in_this_attempt(lake, result_uri):
+        lake.write_json(result_uri, {**failure, "error": f"rank {rank}: {failure['error']}"})
+
+
 def engine_main(cls: type[S], run: Callable[[S], dict[str, Any]], argv: list[str] | None = None) -> int:
     """Parse argv, run the engine on the spec and record its result. Returns the exit code."""
     parser = argparse.ArgumentParser(description=f"Run the {cls.__name__} engine on a spec file.")
@@ -86,24 +120,36 @@ def engine_main(cls: type[S], run: Callable[[S], dict[str, Any]], argv: list[str
         spec = load_spec(spec_uri, cls, lake)
     except SpecError as e:
         log.error("%s", e)
-        lake.write_json(result_uri, {"status": "failed", "error": str(e)})
+        _write_failure(lake, result_uri, {"status": "failed", "error": str(e)})
         return 2
     try:
         result = run(spec)
     except EngineStopped as e:
         log.warning("engine stopped: %s", e)
-        lake.write_json(
-            result_uri,
-            {**e.result, "status": "stopped", "error": str(e), "seconds": round(time.time() - started, 3)},
-        )
+        if process_rank() == 0:  # every rank stops at the same step; one result
+            lake.write_json(
+                result_uri,
+                {
+                    **e.result,
+                    "status": "stopped",
+                    "error": str(e),
+                    "seconds": round(time.time() - started, 3),
+                },
+            )
         return EXIT_STOPPED
     except Exception as e:  # the result file carries the failure to the orchestrator
         log.error("engine failed: %s\n%s", e, traceback.format_exc())
-        lake.write_json(
+        _write_failure(
+            lake,
             result_uri,
             {"status": "failed", "error": f"{type(e).__name__}: {e}", "seconds": time.time() - started},
         )
         return 1
-    lake.write_json(result_uri, {"status": "success", "seconds": round(time.time() - started, 3), **result})
-    log.info("result written to %s", result_uri)
+    if process_rank() == 0 and _failed_in_this_attempt(lake, result_uri):
+        log.error("another rank failed in this attempt; its failure stays in %s", result_uri)
+    elif process_rank() == 0:
+        lake.write_json(
+            result_uri, {"status": "success", "seconds": round(time.time() - started, 3), **result}
+        )
+        log.info("result written to %s", result_uri)
     return 0

@@ -3,6 +3,10 @@
 Both run exactly ``python -m <engine> <spec-uri>``; the engine writes ``result.json`` beside the spec in
 the lake, and the orchestrator reads it back. Which runner a DAG uses is one setting
 (``FORGEFLOW_RUNNER``: local | kubernetes).
+
+A training spec with ``distributed.processes > 1`` runs under ``torchrun --standalone --nproc_per_node N``
+instead (gloo on CPU, NCCL on GPU), each output line prefixed ``[rankN]:``; more than one node needs the
+Kubernetes runner (a PyTorchJob, tasks/k8s_training.py).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.engine import result_uri_for, write_spec
 from tasks.settings import PROJECT_ROOT, get_settings
-from tasks.specs import Spec, slug
+from tasks.specs import DistributedConfig, Spec, slug
 from tasks.storage import Lake
 from tasks.version import code_version
 
@@ -82,6 +87,33 @@ def engine_command(engine: str, spec_uri: str, python: str = "python") -> list[s
     return [python, "-m", engine, spec_uri]
 
 
+# torchrun prefixes each line of a worker's output with this (its ``--tee`` log files keep them apart too).
+RANK_PREFIX_TEMPLATE = "[rank${rank}]: "
+
+
+def torchrun_command(
+    engine: str, spec_uri: str, processes: int, python: str = "python", log_dir: str | None = None
+) -> list[str]:
+    """``torchrun --standalone --nproc_per_node N -m ENGINE SPEC`` (as ``python -m torch.distributed.run``,
+    so the engine runs in the same interpreter); with ``log_dir`` each rank's output is also kept there."""
+    cmd = [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    if log_dir:
+        cmd += ["--tee", "3", "--log-dir", log_dir]
+    return [*cmd, "-m", engine, spec_uri]
+
+
+def distributed_config(spec_uri: str, lake: Lake | None = None) -> DistributedConfig:
+    """The spec's ``distributed`` section (training specs have one); one process without it.
+
+    A section that does not validate counts as one process: the engine then reports the bad field.
+    """
+    try:
+        raw = (lake or Lake.from_settings()).read_json(spec_uri)
+        return DistributedConfig.model_validate(raw.get("distributed") or {})
+    except Exception:
+        return DistributedConfig()
+
+
 def read_result(spec_uri: str, lake: Lake | None = None) -> dict[str, Any]:
     lake = lake or Lake.from_settings()
     uri = result_uri_for(spec_uri)
@@ -114,15 +146,32 @@ class LocalRunner:
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         return env
 
+    def command(self, engine: str, spec_uri: str) -> tuple[list[str], dict[str, str]]:
+        """The command line and environment: the engine itself, or torchrun for several processes."""
+        env = self.env()
+        dist = distributed_config(spec_uri)
+        if dist.nodes > 1:
+            raise ValueError(
+                f"{spec_uri}: distributed.nodes={dist.nodes} needs the Kubernetes runner (a PyTorchJob, "
+                "FORGEFLOW_RUNNER=kubernetes); the local runner trains on this one machine, so set nodes to 1 "
+                "and use distributed.processes for several processes here"
+            )
+        if dist.processes == 1:
+            return engine_command(engine, spec_uri, self.python), env
+        env["TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"] = RANK_PREFIX_TEMPLATE
+        log_dir = get_settings().path("run", "torchrun", re.sub(r"[^A-Za-z0-9_.-]+", "_", spec_uri)[-120:])
+        return torchrun_command(engine, spec_uri, dist.processes, self.python, str(log_dir)), env
+
     def run(self, engine: str, spec_uri: str) -> dict[str, Any]:
-        cmd = engine_command(engine, spec_uri, self.python)
+        cmd, env = self.command(engine, spec_uri)
         log.info("running %s", " ".join(cmd))
-        tail: deque[str] = deque(maxlen=self.tail_lines)
+        # torchrun adds its own failure summary; keep enough lines to show the ranks' errors too
+        tail: deque[str] = deque(maxlen=self.tail_lines * (2 if "torch.distributed.run" in cmd else 1))
         started = time.monotonic()
         proc = subprocess.Popen(
             cmd,
             cwd=PROJECT_ROOT,
-            env=self.env(),
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -147,9 +196,15 @@ class LocalRunner:
             pidfile.unlink(missing_ok=True)
         log.info("%s exited with %s after %.1fs", engine, rc, time.monotonic() - started)
         try:
-            return read_result(spec_uri)
+            result = read_result(spec_uri)
         except EngineFailed as e:
             raise type(e)(f"{e} (exit code {rc})\n--- last log lines ---\n" + "\n".join(tail)) from None
+        if rc != 0:  # e.g. rank 0 wrote its success, then another rank failed: the run failed
+            raise EngineFailed(
+                f"{engine} exited with code {rc} although {result_uri_for(spec_uri)} says success; "
+                "a process failed after it was written\n--- last log lines ---\n" + "\n".join(tail)
+            )
+        return result
 
 
 def _stop_group(proc: subprocess.Popen, grace_s: float | None = None) -> None:
@@ -175,17 +230,48 @@ def run_engine(engine: str, spec: Spec) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- Kubernetes
 
 
+# A Kubernetes resource quantity (k8s.io/apimachinery resource.Quantity; the pattern CRDs use).
+QUANTITY_RE = re.compile(
+    r"^(?P<num>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
+    r"(?P<suffix>[KMGTPE]i|[numkMGTPE]|[eE][+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))?$"
+)
+_FACTORS = {
+    "n": 1e-9, "u": 1e-6, "m": 1e-3, "": 1.0,
+    "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}  # fmt: skip
+
+
+def parse_quantity(q: str, field: str = "quantity") -> float:
+    """A Kubernetes quantity ('500m', '8Gi', '2', '1e3') as a number; a clear error for anything else."""
+    m = QUANTITY_RE.match(str(q).strip())
+    if not m:
+        hint = " (Kubernetes spells gigabytes G or Gi, not GB)" if re.search(r"[KMGTPE]B$", str(q)) else ""
+        raise ValueError(
+            f"{field} {q!r} is not a Kubernetes quantity{hint}: use e.g. '4', '500m' (CPU), '16Gi' or '16G' (memory)"
+        )
+    number, suffix = float(m["num"]), m["suffix"] or ""
+    if suffix[:1] in ("e", "E"):
+        return number * 10 ** float(suffix[1:])
+    return number * _FACTORS[suffix]
+
+
 def _quantity(q: str) -> float:
     """A Kubernetes quantity as a number, for request <= limit checks ('500m', '8Gi', '2')."""
-    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9}
-    for suffix, factor in sorted(units.items(), key=lambda kv: -len(kv[0])):
-        if q.endswith(suffix):
-            return float(q[: -len(suffix)]) * factor
-    return float(q)
+    return parse_quantity(q)
+
+
+TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
+TOLERATION_EFFECTS = {"", "NoSchedule", "PreferNoSchedule", "NoExecute"}
 
 
 class PodResources(BaseModel):
-    """Resources of an engine pod. Seed rule: requests may not exceed limits (recommended 4 / 8 CPUs)."""
+    """Resources of an engine pod (for a PyTorchJob: of each node's pod).
+
+    Seed rule: requests may not exceed limits (recommended 4 / 8 CPUs). Quantities are Kubernetes
+    quantities ('500m', '16Gi'); a GPU pod gets ``nvidia.com/gpu`` as request and limit, a memory-backed
+    /dev/shm of ``shm_size`` (NCCL and data loaders need more than the container default of 64 MB).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -196,70 +282,157 @@ class PodResources(BaseModel):
     gpus: int = Field(default=0, ge=0, le=16, description="NVIDIA GPUs (nvidia.com/gpu).")
     shm_size: str = Field(default="8Gi", description="Size of /dev/shm (NCCL and data loaders need it).")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pod needs.")
-    tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Kubernetes tolerations.")
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Kubernetes tolerations: {key, operator (Exists|Equal), value, effect, tolerationSeconds}.",
+    )
 
     @model_validator(mode="after")
     def _requests_within_limits(self) -> PodResources:
-        if _quantity(self.cpu_request) > _quantity(self.cpu_limit):
+        values = {
+            name: parse_quantity(getattr(self, name), name)
+            for name in ("cpu_request", "cpu_limit", "memory_request", "memory_limit", "shm_size")
+        }
+        for name, value in values.items():
+            if value <= 0:
+                raise ValueError(f"{name} {getattr(self, name)!r} must be positive")
+        if values["cpu_request"] > values["cpu_limit"]:
             raise ValueError(f"cpu_request {self.cpu_request} exceeds cpu_limit {self.cpu_limit}")
-        if _quantity(self.memory_request) > _quantity(self.memory_limit):
+        if values["memory_request"] > values["memory_limit"]:
             raise ValueError(f"memory_request {self.memory_request} exceeds memory_limit {self.memory_limit}")
+        if values["shm_size"] > values["memory_limit"]:
+            raise ValueError(
+                f"shm_size {self.shm_size} exceeds memory_limit {self.memory_limit}: /dev/shm is memory "
+                "the container is charged for"
+            )
+        for i, t in enumerate(self.tolerations):
+            unknown = set(t) - TOLERATION_KEYS
+            if unknown:
+                raise ValueError(
+                    f"tolerations[{i}]: unknown key(s) {sorted(unknown)}; allowed: {sorted(TOLERATION_KEYS)}"
+                )
+            op = t.get("operator", "Equal")
+            if op not in ("Exists", "Equal"):
+                raise ValueError(f"tolerations[{i}].operator {op!r}: use Exists or Equal")
+            if op == "Exists" and t.get("value"):
+                raise ValueError(f"tolerations[{i}]: operator Exists takes no value")
+            if t.get("effect", "") not in TOLERATION_EFFECTS:
+                raise ValueError(
+                    f"tolerations[{i}].effect {t['effect']!r}: use NoSchedule, PreferNoSchedule or NoExecute"
+                )
         return self
+
+    def v1_tolerations(self) -> list[Any] | None:
+        """The tolerations as kubernetes client objects (camelCase keys mapped to the client's names)."""
+        from kubernetes.client import models as k8s
+
+        out = []
+        for t in self.tolerations:
+            kw = {("toleration_seconds" if k == "tolerationSeconds" else k): v for k, v in t.items()}
+            out.append(k8s.V1Toleration(**kw))
+        return out or None
+
+
+POD_STATE_DIR = "/var/lib/forgeflow"
+ENGINE_SECRET = "forgeflow-env"
+
+
+def pod_env() -> dict[str, str]:
+    """The settings an engine pod gets as env vars (secrets come from ``forgeflow-env`` instead)."""
+    s = get_settings()
+    env = {k: os.environ[k] for k in PASS_THROUGH_ENV if k in os.environ and k != "FORGEFLOW_HOME"}
+    env.update(
+        {
+            "FORGEFLOW_HOME": POD_STATE_DIR,
+            "FORGEFLOW_LAKE_URI": s.lake_uri,
+            "FORGEFLOW_CATALOG_URL": s.catalog_url,
+            "FORGEFLOW_MLFLOW_TRACKING_URI": s.mlflow_tracking_uri,
+            "HF_HUB_OFFLINE": "1",
+            "TORCH_EXTENSIONS_DIR": f"{POD_STATE_DIR}/torch_extensions",
+        }
+    )
+    return env
+
+
+def pod_resources(r: PodResources) -> Any:
+    """V1ResourceRequirements: CPU and memory as given, GPUs as equal request and limit."""
+    from kubernetes.client import models as k8s
+
+    limits = {"cpu": r.cpu_limit, "memory": r.memory_limit}
+    requests = {"cpu": r.cpu_request, "memory": r.memory_request}
+    if r.gpus:
+        limits["nvidia.com/gpu"] = requests["nvidia.com/gpu"] = str(r.gpus)
+    return k8s.V1ResourceRequirements(limits=limits, requests=requests)
+
+
+def pod_volumes(r: PodResources) -> tuple[list[Any], list[Any]]:
+    """(volumes, mounts): a memory-backed /dev/shm of ``shm_size`` and a scratch state directory."""
+    from kubernetes.client import models as k8s
+
+    volumes = [
+        k8s.V1Volume(
+            name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=r.shm_size)
+        ),
+        k8s.V1Volume(name="state", empty_dir=k8s.V1EmptyDirVolumeSource()),
+    ]
+    mounts = [
+        k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"),
+        k8s.V1VolumeMount(name="state", mount_path=POD_STATE_DIR),
+    ]
+    return volumes, mounts
+
+
+def pod_labels(engine: str) -> dict[str, str]:
+    return {"app.kubernetes.io/part-of": "forgeflow", "forgeflow/engine": engine.replace(".", "-")}
 
 
 def engine_pod_operator(
-    task_id: str, engine: str, spec_uri: str, resources: PodResources | None = None, **kwargs: Any
+    task_id: str,
+    engine: str,
+    spec_uri: str,
+    resources: PodResources | None = None,
+    processes: int = 1,
+    **kwargs: Any,
 ) -> KubernetesPodOperator:
     """A KubernetesPodOperator running the same engine command on the same spec, in the project image.
 
     Settings reach the pod as env vars; secrets (S3 keys, database passwords) from the Kubernetes secret
-    ``forgeflow-env`` so they never sit in the DAG.
+    ``forgeflow-env`` so they never sit in the DAG. ``processes`` > 1 (a training spec's
+    ``distributed.processes``, one per GPU) runs ``torchrun --standalone --nproc_per_node N`` in the pod.
     """
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k8s
 
     s = get_settings()
     r = resources or PodResources()
-    limits = {"cpu": r.cpu_limit, "memory": r.memory_limit}
-    requests = {"cpu": r.cpu_request, "memory": r.memory_request}
-    if r.gpus:
-        limits["nvidia.com/gpu"] = requests["nvidia.com/gpu"] = str(r.gpus)
-    env = {k: os.environ[k] for k in PASS_THROUGH_ENV if k in os.environ and k != "FORGEFLOW_HOME"}
-    env.update(
-        {
-            "FORGEFLOW_HOME": "/var/lib/forgeflow",
-            "FORGEFLOW_LAKE_URI": s.lake_uri,
-            "FORGEFLOW_CATALOG_URL": s.catalog_url,
-            "FORGEFLOW_MLFLOW_TRACKING_URI": s.mlflow_tracking_uri,
-            "HF_HUB_OFFLINE": "1",
-        }
-    )
+    if processes > 1 and r.gpus and processes != r.gpus:
+        raise ValueError(
+            f"processes={processes} but the pod asks for gpus={r.gpus}: a GPU run has one process per GPU; "
+            "make distributed.processes equal the pod's gpus"
+        )
+    if processes > 1:
+        cmds = ["torchrun", "--standalone", "--nproc_per_node", str(processes), "-m", engine]
+    else:
+        cmds = ["python", "-m", engine]
+    volumes, mounts = pod_volumes(r)
     return KubernetesPodOperator(
         task_id=task_id,
         name=f"forgeflow-{engine.replace('.', '-').replace('_', '-')}",
         namespace=s.k8s_namespace,
         image=s.k8s_image,
-        cmds=["python", "-m", engine],
+        cmds=cmds,
         arguments=[spec_uri],
-        env_vars=env,
-        env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name="forgeflow-env", optional=True))],
-        container_resources=k8s.V1ResourceRequirements(limits=limits, requests=requests),
+        env_vars=pod_env(),
+        env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=ENGINE_SECRET, optional=True))],
+        container_resources=pod_resources(r),
         node_selector=r.node_selector or None,
-        tolerations=[k8s.V1Toleration(**t) for t in r.tolerations] or None,
-        volumes=[
-            k8s.V1Volume(
-                name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=r.shm_size)
-            ),
-            k8s.V1Volume(name="state", empty_dir=k8s.V1EmptyDirVolumeSource()),
-        ],
-        volume_mounts=[
-            k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"),
-            k8s.V1VolumeMount(name="state", mount_path="/var/lib/forgeflow"),
-        ],
+        tolerations=r.v1_tolerations(),
+        volumes=volumes,
+        volume_mounts=mounts,
         service_account_name=s.k8s_service_account,
         in_cluster=s.k8s_in_cluster,
         config_file=s.k8s_config_file,
-        labels={"app.kubernetes.io/part-of": "forgeflow", "forgeflow/engine": engine.replace(".", "-")},
+        labels=pod_labels(engine),
         get_logs=True,
         termination_grace_period=math.ceil(s.engine_stop_grace_s),
         on_finish_action="delete_succeeded_pod",

@@ -420,6 +420,69 @@ class ResumeSpec(BaseModel):
         return self
 
 
+DEEPSPEED_PRESETS = ("zero2", "zero3")
+
+
+class DistributedConfig(BaseModel):
+    """How many processes train, on how many nodes, and whether DeepSpeed ZeRO shards the state.
+
+    ``processes`` is per node: one per GPU on a GPU node, or CPU processes (gloo) here. With 1 node and
+    1 process the engine runs as one plain process; more processes on one node run under ``torchrun
+    --standalone`` (the local runner or a single pod); more nodes need the Kubernetes runner, which
+    submits a PyTorchJob (Master + Workers, each a ``torchrun``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    deepspeed: str = Field(
+        default="none",
+        description="none (plain DDP/single process), zero2 (optimizer state + gradients sharded), zero3 "
+        "(parameters too; the saved model is gathered whole), or the path/lake URI of a DeepSpeed JSON "
+        "config (relative paths are read from the project root, e.g. include/deepspeed/zero3_offload.json).",
+    )
+    processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Processes per node: GPUs per node on GPU, CPU processes (gloo) on CPU.",
+    )
+    nodes: int = Field(default=1, ge=1, le=256, description="Nodes (pods); more than 1 runs as a PyTorchJob.")
+    min_nodes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Elastic training: the job may run with as few as this many nodes (torchrun "
+        "--nnodes=min:max, PyTorchJob elasticPolicy); None: exactly 'nodes'.",
+    )
+
+    @field_validator("deepspeed")
+    @classmethod
+    def _deepspeed_value(cls, v: str) -> str:
+        v = v.strip()
+        if v in ("none", *DEEPSPEED_PRESETS) or v.endswith(".json"):
+            return v
+        raise ValueError(
+            f"deepspeed {v!r} is neither a preset nor a JSON config: use none, {', '.join(DEEPSPEED_PRESETS)}, "
+            "or a path/URI ending in .json"
+        )
+
+    @model_validator(mode="after")
+    def _elastic_range(self) -> DistributedConfig:
+        if self.min_nodes is not None and self.min_nodes > self.nodes:
+            raise ValueError(
+                f"min_nodes {self.min_nodes} exceeds nodes {self.nodes}; elastic runs use min_nodes..nodes"
+            )
+        return self
+
+    @property
+    def uses_deepspeed(self) -> bool:
+        return self.deepspeed != "none"
+
+    @property
+    def world_size(self) -> int:
+        """Processes of a fixed-size run (for elastic runs: at full size)."""
+        return self.processes * self.nodes
+
+
 class TrainSpec(Spec):
     """Train or fine-tune a model and register it in MLflow."""
 
@@ -464,6 +527,10 @@ class TrainSpec(Spec):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     resume: ResumeSpec | None = Field(
         default=None, description="Start from a checkpoint (see ResumeSpec); None trains from the base."
+    )
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig,
+        description="Processes, nodes and DeepSpeed ZeRO (default: one process, no DeepSpeed).",
     )
 
     @field_validator("register_as")

@@ -8,11 +8,20 @@ from typing import Any
 from tasks.catalog import Catalog, CatalogError
 from tasks.runners import prepare, read_result
 from tasks.settings import get_settings
-from tasks.specs import METHOD_DEFAULTS, HyperParams, ResumeSpec, TinyModelConfig, TrainSpec, slug
+from tasks.specs import (
+    METHOD_DEFAULTS,
+    DistributedConfig,
+    HyperParams,
+    ResumeSpec,
+    TinyModelConfig,
+    TrainSpec,
+    slug,
+)
 from tasks.storage import Lake
 
 HP_PREFIX = "hp_"
 TINY_PREFIX = "tiny_"
+DIST_PREFIX = "dist_"  # Params of the spec's distributed section (processes, nodes, DeepSpeed)
 
 
 def dataset_from_trigger(params: dict[str, Any], triggering_events: Any) -> str:
@@ -76,6 +85,9 @@ def build_train_spec(params: dict[str, Any], run_key: str, dataset_ref: str) -> 
         register_as=params["register_as"] or None,
         merge_lora=params["merge_lora"],
         resume=resume_spec(params),
+        distributed=DistributedConfig(
+            **{k: v for k, v in _strip(params, DIST_PREFIX).items() if v is not None}
+        ),
     )
     return {"spec_uri": prepare(spec, "trainers.train"), "dataset_ref": version.ref}
 
@@ -136,3 +148,10 @@ def hyperparam_params(section: str = "Hyperparameters") -> dict[str, Any]:
         )
         params[HP_PREFIX + name] = Param(None, **schema)
     return params
+
+
+def distributed_params(section: str = "Distributed") -> dict[str, Any]:
+    """Params for the spec's ``distributed`` section: DeepSpeed preset or config, processes, nodes."""
+    from tasks.dagkit import params_from_model
+
+    return params_from_model(DistributedConfig, prefix=DIST_PREFIX, section=section)

@@ -11,6 +11,9 @@ Checkpoints land complete in ``<output_uri>/checkpoints/`` as they are saved; ``
 (weights only, continue, continue skipping N samples) and SIGTERM stops at the next step with one
 (trainers/checkpoints.py).
 
+Distributed runs (``spec.distributed``: torchrun processes, nodes, DeepSpeed ZeRO) run this same code on
+every rank; only rank 0 talks to MLflow, saves, registers and reports (trainers/distributed.py).
+
 A rerun with the same ``run_key`` returns the finished run's result instead of training again, so a
 retried Airflow task never registers a second model version.
 """
@@ -21,6 +24,7 @@ import json
 import logging
 import math
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +35,7 @@ from tasks.specs import HyperParams, TrainSpec
 from tasks.storage import Lake
 from tasks.version import code_version
 from trainers import checkpoints as ckpt
+from trainers import distributed
 from trainers.data import DataError, read_records, train_tokenizer
 from trainers.methods import METHODS, UnsupportedMethodError, get_method
 from trainers.modeling import count_parameters, save_model_dir
@@ -51,8 +56,11 @@ __all__ = ["METHODS", "UnsupportedMethodError", "main", "run", "training_argumen
 # ---------------------------------------------------------------- spec -> TrainingArguments
 
 
-def training_arguments(hp: HyperParams, output_dir: Path) -> TrainingArguments:
-    """TrainingArguments from the spec's hyperparameters (cosine decays to LR x min_lr_ratio)."""
+def training_arguments(hp: HyperParams, output_dir: Path, **overrides: Any) -> TrainingArguments:
+    """TrainingArguments from the spec's hyperparameters (cosine decays to LR x min_lr_ratio).
+
+    ``overrides`` (from trainers.distributed.setup: deepspeed, ddp_backend, ...) replace the defaults.
+    """
     import torch
     from transformers import TrainingArguments
 
@@ -60,7 +68,7 @@ def training_arguments(hp: HyperParams, output_dir: Path) -> TrainingArguments:
     if hp.lr_scheduler == "cosine":
         scheduler, scheduler_kwargs = "cosine_with_min_lr", {"min_lr_rate": hp.min_lr_ratio}
     cuda = torch.cuda.is_available()
-    return TrainingArguments(
+    kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
         num_train_epochs=hp.epochs,
         max_steps=hp.max_steps,
@@ -92,6 +100,7 @@ def training_arguments(hp: HyperParams, output_dir: Path) -> TrainingArguments:
         report_to="none",  # this engine logs to MLflow itself
         disable_tqdm=True,
     )
+    return TrainingArguments(**{**kwargs, **overrides})
 
 
 # ---------------------------------------------------------------- data
@@ -134,6 +143,12 @@ def finished_result(experiment_id: str, run_key: str) -> dict[str, Any] | None:
     return json.loads(Path(path).read_text())
 
 
+def experiment_and_previous(spec: TrainSpec) -> tuple[str, dict[str, Any] | None]:
+    """The experiment id and, when this run key already finished, its result (rank 0 asks MLflow)."""
+    experiment_id = ensure_experiment(spec.experiment)
+    return experiment_id, finished_result(experiment_id, spec.run_key)
+
+
 def log_dataset_input(df: pd.DataFrame, source: str, name: str) -> None:
     """Record the training data as an MLflow dataset input (lineage); a failure only warns."""
     import mlflow
@@ -165,8 +180,9 @@ def run(spec: TrainSpec) -> dict[str, Any]:
     method = get_method(spec.method)
     hp = spec.hyperparams
     lake = Lake.from_settings()
-    experiment_id = ensure_experiment(spec.experiment)
-    previous = finished_result(experiment_id, spec.run_key)
+    dist_args = distributed.setup(spec.distributed)
+    main = distributed.is_main_process()
+    experiment_id, previous = distributed.on_main(experiment_and_previous, spec)
     if previous is not None:
         log.info(
             "run_key %s already finished in experiment %s; returning its result",
@@ -182,7 +198,8 @@ def run(spec: TrainSpec) -> dict[str, Any]:
     if spec.max_records:
         train_df = train_df.head(spec.max_records)
     eval_df = load_frame(lake, spec.eval_uri, "eval_uri") if spec.eval_uri else None
-    sourced = method.source(spec, lake, train_df, eval_df)  # distill: the teacher writes the answers
+    # distill: the teacher writes the answers, once (rank 0), and every rank trains on the same ones
+    sourced = distributed.on_main(method.source, spec, lake, train_df, eval_df)
     train_df, eval_df = sourced.train, sourced.eval
 
     # ---- model
@@ -194,13 +211,15 @@ def run(spec: TrainSpec) -> dict[str, Any]:
     if start := ckpt.start_model(resume, method):  # weights_only: the checkpoint is the base
         (model, tokenizer), base_path = start, None
     elif spec.base_model == "tiny":
-        tokenizer = ckpt.checkpoint_tokenizer(resume) or train_tokenizer(
-            method.corpus(train_df, spec.train_uri), spec.tiny.vocab_size
+        # trained once on rank 0 and sent to the others: every rank must hold the same vocabulary
+        tokenizer = ckpt.checkpoint_tokenizer(resume) or distributed.on_main(
+            lambda: train_tokenizer(method.corpus(train_df, spec.train_uri), spec.tiny.vocab_size)
         )
         model = method.build_tiny(spec, tokenizer)
         base_path = None
     else:
-        base_path = fetch_model(base_ref)
+        with distributed.local_main_first():  # one download per node, then the others hit the cache
+            base_path = fetch_model(base_ref)
         model, tokenizer = method.load_base(base_path)
     template = choose_chat_template(tokenizer, spec.chat_template)
     data = method.prepare(spec, tokenizer, train_df, eval_df)
@@ -218,114 +237,145 @@ def run(spec: TrainSpec) -> dict[str, Any]:
         "code_version": code_version(),
     }
     run_tags = tags | ckpt.resume_tags(resume)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=spec.run_key, tags=run_tags) as active:
-        run_id = active.info.run_id
-        ckpt.copy_metric_history(c, resume, run_id)
-        steps_per_epoch = math.ceil(len(data.train) / (hp.batch_size * hp.gradient_accumulation_steps))
+    run_context = (
+        mlflow.start_run(experiment_id=experiment_id, run_name=spec.run_key, tags=run_tags)
+        if main
+        else nullcontext()
+    )
+    with run_context as active:
+        run_id = active.info.run_id if main else None
+        if main:
+            ckpt.copy_metric_history(c, resume, run_id)
+        world_size = distributed.world().world_size  # each optimizer step takes a batch from every rank
+        steps_per_epoch = math.ceil(
+            len(data.train) / (hp.batch_size * hp.gradient_accumulation_steps * world_size)
+        )
         total_steps = hp.max_steps if hp.max_steps > 0 else math.ceil(hp.epochs * steps_per_epoch)
         resolved = {
             "total_steps": total_steps,
             "warmup_steps": math.ceil(hp.warmup_ratio * total_steps),
             "min_learning_rate": hp.learning_rate * hp.min_lr_ratio if hp.lr_scheduler == "cosine" else None,
             "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "world_size": world_size,
             "vocab_size": len(tokenizer),
             "chat_template": template,
             "trainable_parameters": trainable,
             "total_parameters": total,
             **data.stats,
         }
-        mlflow.log_params({**flatten(spec.redacted()), **flatten(resolved, "resolved.")})
-        mlflow.log_dict(spec.redacted(), "spec.json")
-        if sourced.metrics:
-            mlflow.log_metrics(sourced.metrics, step=0)
-        for artifact_file, text in sourced.texts.items():
-            mlflow.log_text(text, artifact_file)
-        log_dataset_input(train_df, spec.train_uri, spec.dataset_ref or spec.train_uri)
+        if main:
+            mlflow.log_params({**flatten(spec.redacted()), **flatten(resolved, "resolved.")})
+            mlflow.log_dict(spec.redacted(), "spec.json")
+            if sourced.metrics:
+                mlflow.log_metrics(sourced.metrics, step=0)
+            for artifact_file, text in sourced.texts.items():
+                mlflow.log_text(text, artifact_file)
+            log_dataset_input(train_df, spec.train_uri, spec.dataset_ref or spec.train_uri)
 
         # ---- Trainer
         with lake.stage(spec.output_uri) as out:
-            step_logger = MlflowStepLogger(
-                c, run_id, method.extra_metrics, with_perplexity=method.objective == "lm"
-            )
+            callbacks = []
+            if main:
+                callbacks.append(
+                    MlflowStepLogger(
+                        c, run_id, method.extra_metrics, with_perplexity=method.objective == "lm"
+                    )
+                )
             saver = ckpt.CheckpointCallback(lake, spec, run_id, resume, base_ref=base_ref)
-            trainer = method.trainer(
-                spec, model, tokenizer, data, training_arguments(hp, saver.local_dir), [step_logger, saver]
-            )
+            callbacks.append(saver)
+            args = training_arguments(hp, saver.local_dir, **dist_args)
+            trainer = method.trainer(spec, model, tokenizer, data, args, callbacks)
             train_output = ckpt.train(trainer, resume, saver)
             ckpt.raise_if_stopped(saver)  # a stop request: checkpoint saved, nothing exported or registered
             eval_output = trainer.evaluate() if data.eval is not None else {}
             eval_loss = eval_output.get("eval_loss")
 
-            # ---- save
-            forgeflow = {
-                "spec": spec.redacted(),
-                "resolved": resolved,
-                "mlflow_run_id": run_id,
-                "base_model": base_ref,
-                "base_model_path": str(base_path) if base_path else None,
-                "code_version": tags["code_version"],
+            # ---- save (rank 0, with the whole model in hand: ZeRO-3 gathers it on every rank)
+            def save() -> str:
+                checkpoints = out / "checkpoints"
+                if checkpoints.is_dir() and not any(checkpoints.iterdir()):  # save_strategy 'no'
+                    checkpoints.rmdir()
+                forgeflow = {
+                    "spec": spec.redacted(),
+                    "resolved": resolved,
+                    "mlflow_run_id": run_id,
+                    "base_model": base_ref,
+                    "base_model_path": str(base_path) if base_path else None,
+                    "code_version": tags["code_version"],
+                }
+                model_dir = out / "model"
+                exported = method.export(spec, trainer, tokenizer, out)
+                for artifact_path, local in exported.extra_dirs.items():
+                    mlflow.log_artifacts(str(local), artifact_path)
+                forgeflow["format"] = exported.format
+                forgeflow.update(exported.meta)
+                save_model_dir(exported.model, tokenizer, model_dir, forgeflow)
+                mlflow.log_artifacts(str(model_dir), "model")
+                return exported.format
+
+            with distributed.full_weights(trainer):
+                model_format = distributed.on_main(save)
+
+        # ---- metrics and registration (rank 0; every rank returns its result)
+        def finish() -> dict[str, Any]:
+            runtime = float(train_output.metrics.get("train_runtime", 0.0))
+            tokens = int(trainer.state.num_input_tokens_seen)
+            metrics = {
+                "train_loss": float(train_output.training_loss),
+                "eval_loss": float(eval_loss) if eval_loss is not None else None,
+                "perplexity": perplexity(eval_loss)
+                if eval_loss is not None and method.objective == "lm"
+                else None,
+                "tokens_per_second": tokens / runtime if runtime > 0 else None,
+                **{k: float(v) for k, v in eval_output.items() if k.startswith(method.extra_metrics)},
             }
-            model_dir = out / "model"
-            exported = method.export(spec, trainer, tokenizer, out)
-            for artifact_path, local in exported.extra_dirs.items():
-                mlflow.log_artifacts(str(local), artifact_path)
-            forgeflow["format"] = exported.format
-            forgeflow.update(exported.meta)
-            save_model_dir(exported.model, tokenizer, model_dir, forgeflow)
-            mlflow.log_artifacts(str(model_dir), "model")
+            # eval_loss and perplexity were logged by the step logger when trainer.evaluate() reported them.
+            final_metrics = {
+                "train_loss": metrics["train_loss"],
+                "train_runtime": runtime,
+                "train_tokens_seen": float(tokens),
+                "train_tokens_per_second": metrics["tokens_per_second"] or 0.0,  # whole-run average
+            }
+            mlflow.log_metrics(final_metrics, step=trainer.state.global_step)
 
-        # ---- metrics and registration
-        runtime = float(train_output.metrics.get("train_runtime", 0.0))
-        tokens = int(trainer.state.num_input_tokens_seen)
-        metrics = {
-            "train_loss": float(train_output.training_loss),
-            "eval_loss": float(eval_loss) if eval_loss is not None else None,
-            "perplexity": perplexity(eval_loss)
-            if eval_loss is not None and method.objective == "lm"
-            else None,
-            "tokens_per_second": tokens / runtime if runtime > 0 else None,
-            **{k: float(v) for k, v in eval_output.items() if k.startswith(method.extra_metrics)},
-        }
-        # eval_loss and perplexity were logged by the step logger when trainer.evaluate() reported them.
-        final_metrics = {
-            "train_loss": metrics["train_loss"],
-            "train_runtime": runtime,
-            "train_tokens_seen": float(tokens),
-            "train_tokens_per_second": metrics["tokens_per_second"] or 0.0,  # whole-run average
-        }
-        mlflow.log_metrics(final_metrics, step=trainer.state.global_step)
+            version = None
+            if spec.register_as:
+                version = register_model_dir(
+                    run_id,
+                    "model",
+                    spec.register_as,
+                    description=f"{spec.method} of {base_ref} on {spec.dataset_ref or spec.train_uri}",
+                    tags={k: v for k, v in tags.items() if k != RUN_KEY_TAG}
+                    | {"run_key": spec.run_key, "format": model_format},
+                )
+            result: dict[str, Any] = {
+                "mlflow_run_id": run_id,
+                "experiment_id": experiment_id,
+                "model_uri": f"{spec.output_uri.rstrip('/')}/model",
+                "registered_model": spec.register_as,
+                "model_version": version,
+                "steps": trainer.state.global_step,
+                "metrics": metrics,
+                "distributed": distributed.describe(trainer, spec.distributed),
+            }
+            if spec.method == "pretrain":
+                result["packing_waste"] = data.stats["packing_waste"]
+            if sourced.metrics:
+                result["data_metrics"] = sourced.metrics
+            # Logged last: its presence marks the run complete for finished_result().
+            mlflow.log_dict(result, RESULT_ARTIFACT)
+            return result
 
-        version = None
-        if spec.register_as:
-            version = register_model_dir(
-                run_id,
-                "model",
-                spec.register_as,
-                description=f"{spec.method} of {base_ref} on {spec.dataset_ref or spec.train_uri}",
-                tags={k: v for k, v in tags.items() if k != RUN_KEY_TAG}
-                | {"run_key": spec.run_key, "format": forgeflow["format"]},
-            )
-        result: dict[str, Any] = {
-            "mlflow_run_id": run_id,
-            "experiment_id": experiment_id,
-            "model_uri": f"{spec.output_uri.rstrip('/')}/model",
-            "registered_model": spec.register_as,
-            "model_version": version,
-            "steps": trainer.state.global_step,
-            "metrics": metrics,
-        }
-        if spec.method == "pretrain":
-            result["packing_waste"] = data.stats["packing_waste"]
-        if sourced.metrics:
-            result["data_metrics"] = sourced.metrics
-        # Logged last: its presence marks the run complete for finished_result().
-        mlflow.log_dict(result, RESULT_ARTIFACT)
+        result = distributed.on_main(finish)
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    with ckpt.stop_signals():  # SIGTERM: checkpoint at the next step boundary, then a 'stopped' result
-        return engine_main(TrainSpec, run, argv)
+    try:
+        with ckpt.stop_signals():  # SIGTERM: checkpoint at the next step boundary, then a 'stopped' result
+            return engine_main(TrainSpec, run, argv)
+    finally:
+        distributed.teardown()
 
 
 if __name__ == "__main__":

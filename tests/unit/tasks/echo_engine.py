@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
+from pydantic import Field
+
 from tasks.engine import EngineStopped, engine_main
-from tasks.specs import Spec
+from tasks.specs import DistributedConfig, Spec
 
 
 class EchoSpec(Spec):
     fail: bool = False
     stop: bool = False
+    fail_rank: int | None = None  # under torchrun: only this rank fails
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
 
 def run(spec: EchoSpec) -> dict:
-    print(f"echo engine running {spec.run_key}", flush=True)
-    if spec.fail:
-        raise RuntimeError("asked to fail")
+    rank = int(os.environ.get("RANK", "0"))
+    print(f"echo engine running {spec.run_key} as rank {rank}", flush=True)
+    if spec.fail or spec.fail_rank == rank:
+        raise RuntimeError(f"asked to fail on rank {rank}")
     if spec.stop:
         raise EngineStopped("stopped by SIGTERM at step 2; checkpoint c2 is complete", {"steps": 2})
-    return {"echo": spec.run_key}
+    return {"echo": spec.run_key, "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
 
 
 if __name__ == "__main__":

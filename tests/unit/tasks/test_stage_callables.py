@@ -103,6 +103,21 @@ def test_train_spec_resumes_its_own_latest_checkpoint_unless_told_otherwise(ff_h
     assert resume_spec({"resume_from": "s3://x", "resume_mode": "weights_only", "resume_skip_samples": 5}).skip_samples == 0
 
 
+def test_train_spec_takes_the_distributed_params(ff_home):
+    from tasks.training import distributed_params
+
+    params = distributed_params()
+    assert set(params) == {"dist_deepspeed", "dist_processes", "dist_nodes", "dist_min_nodes"}
+    assert params["dist_processes"].schema["minimum"] == 1 and params["dist_deepspeed"].value == "none"
+    ref = _publish("sft")
+    chosen = {"dist_deepspeed": "zero3", "dist_processes": 2, "dist_nodes": 1, "dist_min_nodes": None}
+    spec = load_spec(build_train_spec({**TRAIN_PARAMS, **chosen}, "model_train/r2", ref)["spec_uri"], TrainSpec)
+    assert spec.distributed.deepspeed == "zero3" and spec.distributed.world_size == 2
+    # a DAG without these Params trains as one process
+    spec = load_spec(build_train_spec(TRAIN_PARAMS, "model_train/r3", ref)["spec_uri"], TrainSpec)
+    assert spec.distributed.world_size == 1 and not spec.distributed.uses_deepspeed
+
+
 def test_train_spec_enforces_usage(ff_home):
     ref = _publish("pretrain")
     with pytest.raises(CatalogError, match="sft_lora can only use sft data"):
