@@ -24,6 +24,7 @@ from tasks.settings import PROJECT_ROOT, get_settings
 from tasks.specs import Spec, slug
 from tasks.storage import Lake
 from tasks.version import code_version
+from trainers.diagnose import LogScanner, format_findings
 
 if TYPE_CHECKING:
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
@@ -109,6 +110,7 @@ class LocalRunner:
         cmd = engine_command(engine, spec_uri, self.python)
         log.info("running %s", " ".join(cmd))
         tail: deque[str] = deque(maxlen=self.tail_lines)
+        scanner = LogScanner()  # recognises known failures as the output streams by
         started = time.monotonic()
         proc = subprocess.Popen(
             cmd,
@@ -130,6 +132,7 @@ class LocalRunner:
             for line in proc.stdout:
                 line = line.rstrip("\n")
                 tail.append(line)
+                scanner.feed(line)
                 log.info("%s", line)
             rc = proc.wait()
         finally:
@@ -140,7 +143,21 @@ class LocalRunner:
         try:
             return read_result(spec_uri)
         except EngineFailed as e:
-            raise EngineFailed(f"{e} (exit code {rc})\n--- last log lines ---\n" + "\n".join(tail)) from None
+            raise EngineFailed(
+                f"{e} (exit code {rc})"
+                + _diagnosis(scanner, rc)
+                + "\n--- last log lines ---\n"
+                + "\n".join(tail)
+            ) from None
+
+
+def _diagnosis(scanner: LogScanner, rc: int) -> str:
+    """The known failures the engine's output shows (line number, line, remedy), for the task log and UI."""
+    findings = scanner.findings(rc)
+    if not findings:
+        return ""
+    log.error("diagnosis of the engine output:\n%s", format_findings(findings))
+    return "\n--- diagnosis (line numbers count the engine's output) ---\n" + format_findings(findings)
 
 
 def _stop_group(proc: subprocess.Popen, grace_s: float = 20) -> None:

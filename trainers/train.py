@@ -30,7 +30,7 @@ from trainers.data import DataError, read_records, train_tokenizer
 from trainers.methods import METHODS, UnsupportedMethodError, get_method
 from trainers.modeling import count_parameters, save_model_dir
 from trainers.templates import choose_chat_template
-from trainers.tracking import MlflowStepLogger, flatten, perplexity
+from trainers.tracking import MlflowStepLogger, TrainingWatch, configure_system_metrics, flatten, perplexity
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -75,6 +75,7 @@ def training_arguments(hp: HyperParams, output_dir: Path) -> TrainingArguments:
         logging_strategy="steps",
         logging_steps=hp.logging_steps,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # a NaN loss must show in the logs: TrainingWatch stops on it
         save_strategy=hp.save_strategy,
         save_steps=hp.save_steps,
         save_total_limit=hp.save_total_limit,
@@ -204,7 +205,10 @@ def run(spec: TrainSpec) -> dict[str, Any]:
         "base_model": base_ref,
         "code_version": code_version(),
     }
-    with mlflow.start_run(experiment_id=experiment_id, run_name=spec.run_key, tags=tags) as active:
+    configure_system_metrics()
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=spec.run_key, tags=tags, log_system_metrics=True
+    ) as active:
         run_id = active.info.run_id
         steps_per_epoch = math.ceil(len(data.train) / (hp.batch_size * hp.gradient_accumulation_steps))
         total_steps = hp.max_steps if hp.max_steps > 0 else math.ceil(hp.epochs * steps_per_epoch)
@@ -235,6 +239,8 @@ def run(spec: TrainSpec) -> dict[str, Any]:
             trainer = method.trainer(
                 spec, model, tokenizer, data, training_arguments(hp, out / "checkpoints"), [step_logger]
             )
+            watch = TrainingWatch(c, run_id)  # stops on NaN/inf, diagnoses the curve
+            trainer.add_callback(watch)
             train_output = trainer.train()
             checkpoints = out / "checkpoints"
             if checkpoints.is_dir() and not any(checkpoints.iterdir()):  # save_strategy 'no'
@@ -299,6 +305,7 @@ def run(spec: TrainSpec) -> dict[str, Any]:
             "model_version": version,
             "steps": trainer.state.global_step,
             "metrics": metrics,
+            "diagnosis": watch.finalize(eval_loss),
         }
         if spec.method == "pretrain":
             result["packing_waste"] = data.stats["packing_waste"]

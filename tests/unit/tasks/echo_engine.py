@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 from tasks.engine import engine_main
@@ -10,10 +12,16 @@ from tasks.specs import Spec
 
 class EchoSpec(Spec):
     fail: bool = False
+    say: list[str] = []  # lines printed before anything else (e.g. a library's error message)
+    kill: bool = False  # SIGKILL itself, as the kernel's OOM killer would
 
 
 def run(spec: EchoSpec) -> dict:
     print(f"echo engine running {spec.run_key}", flush=True)
+    for line in spec.say:
+        print(line, flush=True)
+    if spec.kill:
+        os.kill(os.getpid(), signal.SIGKILL)
     if spec.fail:
         raise RuntimeError("asked to fail")
     return {"echo": spec.run_key}
