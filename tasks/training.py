@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import shutil
+from pathlib import Path
 from typing import Any
 
 from tasks.catalog import Catalog, CatalogError
@@ -29,29 +32,137 @@ def dataset_from_trigger(params: dict[str, Any], triggering_events: Any) -> str:
     )
 
 
-def health_check(min_free_gb: float = 2.0, gpus: int = 0) -> dict[str, Any]:
-    """Before training: enough disk for checkpoints, a writable lake, and the GPUs asked for."""
-    s = get_settings()
-    free_gb = shutil.disk_usage(s.path()).free / 2**30
-    if free_gb < min_free_gb:
-        raise RuntimeError(
-            f"only {free_gb:.1f} GB free under {s.home}; training needs at least {min_free_gb} GB"
-        )
-    lake = Lake.from_settings()
-    probe = lake.uri("_health", "probe.txt")
-    lake.write_text(probe, "ok")
-    if lake.read_text(probe) != "ok":
-        raise RuntimeError(f"the lake at {lake.root} did not read back what was written")
-    lake.delete(probe)
-    report: dict[str, Any] = {"free_gb": round(free_gb, 1), "lake": lake.root, "gpus_requested": gpus}
-    if gpus:
-        import torch  # only when GPUs are requested: the check must load CUDA to mean anything
+class HealthCheckFailed(RuntimeError):
+    """The node cannot run the training as asked; the message lists every problem found and what to do."""
 
-        found = torch.cuda.device_count()
-        if found < gpus:
-            raise RuntimeError(f"{gpus} GPU(s) requested but {found} visible (check the node and drivers)")
-        report["gpus"] = [torch.cuda.get_device_name(i) for i in range(found)]
+
+def health_check(min_free_gb: float = 2.0, gpus: int = 0, min_free_memory_gb: float = 1.0) -> dict[str, Any]:
+    """Before training: disk space, a writable lake, host CPU/memory, and the GPUs asked for, each usable.
+
+    Every check runs, so one error lists all the problems; the report (what was found) goes to XCom.
+    """
+    s = get_settings()
+    lake = Lake.from_settings()
+    report: dict[str, Any] = {"lake": lake.root, "gpus_requested": gpus}
+    problems = (
+        _disk(s.path(), min_free_gb, report)
+        + _lake_writable(lake, report)
+        + _host(min_free_memory_gb, report)
+    )
+    if gpus:
+        problems += _gpus(gpus, report)
+    if problems:
+        raise HealthCheckFailed(
+            f"health check failed on {platform.node()} ({len(problems)} problem(s)):\n"
+            + "\n".join(f"  - {p}" for p in problems)
+        )
     return report
+
+
+def _disk(home: Path, min_free_gb: float, report: dict[str, Any]) -> list[str]:
+    free_gb = shutil.disk_usage(home).free / 2**30
+    report.update(free_gb=round(free_gb, 1), disk_path=str(home))
+    if free_gb < min_free_gb:
+        return [
+            f"only {free_gb:.1f} GB free under {home}; training needs at least {min_free_gb} GB for checkpoints "
+            "and the model (free space, or point FORGEFLOW_HOME at a larger disk)"
+        ]
+    return []
+
+
+def _lake_writable(lake: Lake, report: dict[str, Any]) -> list[str]:
+    probe = lake.uri("_health", f"probe-{platform.node()}-{os.getpid()}.txt")
+    try:
+        lake.write_text(probe, "ok")
+        readback = lake.read_text(probe)
+        lake.delete(probe)
+    except Exception as e:
+        report["lake_writable"] = False
+        return [
+            f"the lake at {lake.root} is not writable: {type(e).__name__}: {e} (check FORGEFLOW_LAKE_URI and its credentials)"
+        ]
+    report["lake_writable"] = readback == "ok"
+    if readback != "ok":
+        return [f"the lake at {lake.root} did not read back what was written"]
+    return []
+
+
+def _host(min_free_memory_gb: float, report: dict[str, Any]) -> list[str]:
+    import psutil
+
+    mem = psutil.virtual_memory()
+    report["cpu"] = {
+        "logical_cores": psutil.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
+    report["memory"] = {
+        "total_gb": round(mem.total / 2**30, 1),
+        "available_gb": round(mem.available / 2**30, 1),
+    }
+    if mem.available / 2**30 < min_free_memory_gb:
+        return [
+            f"only {mem.available / 2**30:.1f} GB of {mem.total / 2**30:.1f} GB memory available; training needs "
+            f"at least {min_free_memory_gb} GB (stop other work on the node or give the pod more memory)"
+        ]
+    return []
+
+
+def _gpus(requested: int, report: dict[str, Any]) -> list[str]:
+    """Each requested GPU visible, and usable: an allocation and a matmul checked against the CPU."""
+    import torch  # only when GPUs are requested: the check must load CUDA to mean anything
+
+    report["torch"] = {"version": torch.__version__, "cuda": torch.version.cuda}
+    if not torch.cuda.is_available():
+        why = (
+            f"this PyTorch ({torch.__version__}) is built without CUDA"
+            if torch.version.cuda is None
+            else "no NVIDIA driver or device is visible "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}; check nvidia-smi on the node "
+            "and the pod's nvidia.com/gpu limit)"
+        )
+        return [f"{requested} GPU(s) requested but CUDA is not available: {why}"]
+    found = torch.cuda.device_count()
+    if found < requested:
+        return [
+            f"{requested} GPU(s) requested but {found} visible (check the node, its drivers and CUDA_VISIBLE_DEVICES)"
+        ]
+    report["gpus"], problems = [], []
+    for i in range(requested):
+        info: dict[str, Any] = {"index": i}
+        report["gpus"].append(info)
+        try:
+            props = torch.cuda.get_device_properties(i)
+            free, total = torch.cuda.mem_get_info(i)
+            info.update(
+                name=props.name,
+                capability=f"{props.major}.{props.minor}",
+                total_gb=round(total / 2**30, 1),
+                free_gb=round(free / 2**30, 1),
+            )
+            info["matmul_max_error"] = _matmul_probe(torch, i)
+        except Exception as e:
+            problems.append(
+                f"GPU {i} ({info.get('name', 'unknown')}) is visible but not usable: {type(e).__name__}: {e}"
+            )
+            continue
+        if not info["matmul_max_error"] < 0.05:
+            problems.append(
+                f"GPU {i} ({info['name']}) computes wrong results: a 256x256 matmul differs from the CPU by "
+                f"{info['matmul_max_error']} (faulty device or driver; drain the node)"
+            )
+    return problems
+
+
+def _matmul_probe(torch: Any, index: int) -> float:
+    """Largest relative error of a GPU matmul against the CPU (TF32 allows ~1e-3)."""
+    g = torch.Generator().manual_seed(index)
+    a = torch.randn(256, 256, generator=g)
+    expected = a @ a
+    got = (a.to(f"cuda:{index}") @ a.to(f"cuda:{index}")).cpu()
+    torch.cuda.synchronize(index)
+    err = ((got - expected).abs().max() / expected.abs().max()).item()
+    return float(err) if err == err else float("inf")  # NaN counts as wrong
 
 
 def build_train_spec(params: dict[str, Any], run_key: str, dataset_ref: str) -> dict[str, Any]:

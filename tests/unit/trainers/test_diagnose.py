@@ -140,7 +140,9 @@ def curve(
     for i in range(n):
         loss = (floor + (start - floor) * math.exp(-i / (n / 6))) * (1 + rng.gauss(0, noise))
         rate = lr * min(1.0, (i + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * i / n))
-        points.append(MetricPoint(step=(i + 1) * 5, loss=loss, grad_norm=1.0 + rng.gauss(0, 0.05), learning_rate=rate))
+        points.append(
+            MetricPoint(step=(i + 1) * 5, loss=loss, grad_norm=1.0 + rng.gauss(0, 0.05), learning_rate=rate)
+        )
     return points
 
 
@@ -211,7 +213,12 @@ def test_eval_far_above_train_is_overfitting():
 def test_rising_loss_means_learning_rate_too_high():
     points = curve(n=60)
     rising = [
-        MetricPoint(step=p.step, loss=p.loss * (1 + max(0, i - 20) * 0.03), grad_norm=p.grad_norm, learning_rate=p.learning_rate)
+        MetricPoint(
+            step=p.step,
+            loss=p.loss * (1 + max(0, i - 20) * 0.03),
+            grad_norm=p.grad_norm,
+            learning_rate=p.learning_rate,
+        )
         for i, p in enumerate(points)
     ]
     (f,) = diagnose_history(rising)
@@ -223,7 +230,9 @@ def test_early_swings_at_full_lr_mean_too_little_warmup():
     swung = list(points)
     for i in (3, 6, 9, 12):
         p = points[i]
-        swung[i] = MetricPoint(step=p.step, loss=p.loss * 1.35, grad_norm=p.grad_norm, learning_rate=p.learning_rate)
+        swung[i] = MetricPoint(
+            step=p.step, loss=p.loss * 1.35, grad_norm=p.grad_norm, learning_rate=p.learning_rate
+        )
     (f,) = diagnose_history(swung)
     assert f.kind == "early_swings" and f.step == points[3].step and "warmup_ratio" in f.remedy
 
@@ -233,7 +242,9 @@ def test_early_swings_during_a_real_warmup_are_not_blamed_on_it():
     swung = list(points)
     for i in (3, 6, 9, 12):
         p = points[i]
-        swung[i] = MetricPoint(step=p.step, loss=p.loss * 1.35, grad_norm=p.grad_norm, learning_rate=p.learning_rate)
+        swung[i] = MetricPoint(
+            step=p.step, loss=p.loss * 1.35, grad_norm=p.grad_norm, learning_rate=p.learning_rate
+        )
     assert "early_swings" not in kinds(swung)
 
 
