@@ -399,6 +399,11 @@ class TrainSpec(Spec):
         "question of the training data and the student learns its answers.",
     )
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    retrain_of: str | None = Field(
+        default=None,
+        description="MLflow run id of the run this one retrains (lineage, tagged on the new run); set by "
+        "model_train's retrain_of Param.",
+    )
 
     @field_validator("register_as")
     @classmethod

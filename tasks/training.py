@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from tasks.catalog import Catalog, CatalogError
 from tasks.runners import prepare, read_result
@@ -19,7 +22,12 @@ TINY_PREFIX = "tiny_"
 
 
 def dataset_from_trigger(params: dict[str, Any], triggering_events: Any) -> str:
-    """The dataset reference: the ``dataset`` Param, or the version whose publication triggered the run."""
+    """The dataset reference: the ``dataset`` Param, or the version whose publication triggered the run.
+
+    Empty for a retrain (``retrain_of``): the data is the earlier run's.
+    """
+    if params.get("retrain_of"):
+        return ""
     if params.get("dataset"):
         return params["dataset"]
     for events in (triggering_events or {}).values():
@@ -166,7 +174,16 @@ def _matmul_probe(torch: Any, index: int) -> float:
 
 
 def build_train_spec(params: dict[str, Any], run_key: str, dataset_ref: str) -> dict[str, Any]:
-    """Resolve the dataset (usage and publication enforced) and write the TrainSpec to the lake."""
+    """Resolve the dataset (usage and publication enforced) and write the TrainSpec to the lake.
+
+    With the ``retrain_of`` Param the spec is the earlier run's instead, with the ``overrides`` Param applied.
+    """
+    if params.get("retrain_of"):
+        return build_retrain_spec(params["retrain_of"], params.get("overrides") or {}, run_key)
+    if params.get("overrides"):
+        raise RetrainError(
+            "overrides apply to a retrain: set retrain_of to the run to retrain, or set the hp_* Params instead"
+        )
     method = params["method"]
     version = Catalog.from_settings().select_for(dataset_ref, method)
     overrides = {
@@ -190,6 +207,175 @@ def build_train_spec(params: dict[str, Any], run_key: str, dataset_ref: str) -> 
     return {"spec_uri": prepare(spec, "trainers.train"), "dataset_ref": version.ref}
 
 
+# ---------------------------------------------------------------- retrain
+
+RUN_KEY_TAG = "forgeflow.run_key"  # = trainers.train.RUN_KEY_TAG (kept in step by a test)
+SPEC_ARTIFACT = "spec.json"
+RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+# Fields a retrain does not take from overrides: the platform fills in the first three, and the data stays
+# the earlier run's (training on other data is a new run with the 'dataset' Param).
+RETRAIN_FIXED = ("run_key", "output_uri", "retrain_of", "train_uri", "eval_uri", "dataset_ref")
+
+
+class RetrainError(ValueError):
+    """A retrain that cannot start: the earlier run is not found, or the overrides do not validate."""
+
+
+def find_training_run(ref: str) -> Any:
+    """The MLflow run of an earlier training: by MLflow run id, or by run key (``model_train/<run_id>``, the
+    Airflow run id alone, or a CLI run key); the latest such run when a key was retried."""
+    from mlflow.exceptions import MlflowException
+
+    from tasks.registry import client
+
+    c, ref = client(), ref.strip()
+    if RUN_ID_RE.match(ref):
+        try:
+            return c.get_run(ref)
+        except MlflowException as e:
+            raise RetrainError(f"retrain_of: no MLflow run with id {ref} ({e.message})") from None
+    if "'" in ref:
+        raise RetrainError(f"retrain_of: {ref!r} is not a run key or an MLflow run id (it contains a quote)")
+    experiment_ids = [e.experiment_id for e in c.search_experiments()]
+    keys = [ref] if ref.startswith("model_train/") else [ref, f"model_train/{ref}"]
+    for key in keys:
+        runs = c.search_runs(
+            experiment_ids,
+            filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if runs:
+            return runs[0]
+    raise RetrainError(
+        f"retrain_of: no training run with run key {' or '.join(repr(k) for k in keys)} in MLflow; give the "
+        "Airflow run id of an earlier model_train run, its run key (model_train/<run id>) or its MLflow run id"
+    )
+
+
+def _source_spec(run: Any) -> dict[str, Any]:
+    import json
+
+    import mlflow
+
+    from tasks.registry import client
+
+    client()  # points mlflow at the configured tracking server
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=SPEC_ARTIFACT)
+    except Exception as e:
+        raise RetrainError(
+            f"retrain_of: run {run.info.run_id} has no {SPEC_ARTIFACT} artifact, so its spec is unknown (it was "
+            f"not made by trainers.train, or failed before training started): {e}"
+        ) from None
+    return json.loads(Path(path).read_text())
+
+
+def _normalize_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Nested objects ({"hyperparams": {"learning_rate": 1e-5}}) and dotted keys ("hyperparams.epochs")."""
+    if not isinstance(overrides, dict):
+        raise RetrainError(
+            f"overrides: expected a JSON object of TrainSpec fields, got {type(overrides).__name__}"
+        )
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        *parents, last = str(key).split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        if isinstance(value, dict) and isinstance(node.get(last), dict):
+            node[last] = _merge(node[last], value)
+        else:
+            node[last] = value
+    fixed = sorted(set(nested) & set(RETRAIN_FIXED))
+    if fixed:
+        raise RetrainError(
+            f"overrides: {', '.join(fixed)} cannot be overridden in a retrain (the platform sets the run key and "
+            "output; the data stays the earlier run's: train on other data with a new run and the 'dataset' Param)"
+        )
+    misplaced = sorted(k for k in nested if k in HyperParams.model_fields and k not in TrainSpec.model_fields)
+    if misplaced:
+        raise RetrainError(
+            f"overrides: {', '.join(misplaced)} are hyperparameters; write them under 'hyperparams', e.g. "
+            f'{{"hyperparams": {{"{misplaced[0]}": ...}}}} or "hyperparams.{misplaced[0]}"'
+        )
+    return nested
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _pinned_base(base_model: str, run: Any) -> str:
+    """``models:/NAME/latest`` as the version the earlier run used: its pinned base_model tag, else the
+    newest version registered before that run started."""
+    from tasks.registry import MODEL_REF, client
+
+    m = MODEL_REF.match(base_model)
+    if not m or m["version"] != "latest":
+        return base_model
+    tagged = MODEL_REF.match(run.data.tags.get("base_model", ""))
+    if tagged and tagged["name"] == m["name"] and tagged["version"] != "latest":
+        return tagged.string
+    versions = [
+        int(v.version)
+        for v in client().search_model_versions(f"name='{m['name']}'")
+        if v.creation_timestamp <= run.info.start_time
+    ]
+    return f"models:/{m['name']}/{max(versions)}" if versions else base_model
+
+
+def _overridden(loc: list[str], changes: dict[str, Any]) -> bool:
+    """Whether the field at ``loc`` (or an object above it) was set by the overrides."""
+    node: Any = changes
+    for part in loc:
+        if not isinstance(node, dict):
+            return True
+        if part not in node:
+            return False
+        node = node[part]
+    return bool(loc)
+
+
+def build_retrain_spec(retrain_of: str, overrides: dict[str, Any], run_key: str) -> dict[str, Any]:
+    """A new version of an earlier training: its resolved spec (spec.json in MLflow) with ``overrides``.
+
+    The new run gets its own run key and output and records the run it retrains (TrainSpec.retrain_of, an
+    MLflow tag of the new run). Overrides are TrainSpec fields, validated like any spec.
+    """
+    run = find_training_run(retrain_of)
+    changes = _normalize_overrides(overrides or {})
+    doc = _merge(_source_spec(run), changes)
+    if "base_model" not in changes:
+        doc["base_model"] = _pinned_base(str(doc.get("base_model", "")), run)
+    doc.update(
+        run_key=run_key,
+        output_uri=Lake.from_settings().uri("models", slug(run_key)),
+        retrain_of=run.info.run_id,
+    )
+    try:
+        spec = TrainSpec.model_validate(doc)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = [str(p) for p in err["loc"]]
+            where = "overrides" if _overridden(loc, changes) else f"the spec of run {run.info.run_id}"
+            lines.append(f"  - {where}: {'.'.join(loc) or '(top level)'}: {err['msg']}")
+        raise RetrainError(
+            f"retrain of {run.info.run_id}: {len(lines)} invalid field(s)\n"
+            + "\n".join(lines)
+            + "\n(fix the overrides; a field of the earlier spec that no longer validates can be overridden too)"
+        ) from None
+    return {
+        "spec_uri": prepare(spec, "trainers.train"),
+        "dataset_ref": spec.dataset_ref,
+        "retrain_of": run.info.run_id,
+    }
+
+
 def summarize(spec_uri: str) -> dict[str, Any]:
     """What the run produced, for XCom and the next DAG: MLflow run, model version, metrics."""
     r = read_result(spec_uri)
@@ -201,6 +387,7 @@ def summarize(spec_uri: str) -> dict[str, Any]:
         "model_version",
         "steps",
         "metrics",
+        "diagnosis",
     )
     out = {k: r.get(k) for k in keys}
     if r.get("registered_model") and r.get("model_version"):

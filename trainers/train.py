@@ -40,6 +40,7 @@ log = logging.getLogger("forgeflow.trainers.train")
 
 RESULT_ARTIFACT = "result.json"
 RUN_KEY_TAG = "forgeflow.run_key"
+RETRAIN_OF_TAG = "forgeflow.retrain_of"
 __all__ = ["METHODS", "UnsupportedMethodError", "main", "run", "training_arguments"]
 
 
@@ -205,6 +206,8 @@ def run(spec: TrainSpec) -> dict[str, Any]:
         "base_model": base_ref,
         "code_version": code_version(),
     }
+    if spec.retrain_of:
+        tags[RETRAIN_OF_TAG] = spec.retrain_of
     configure_system_metrics()
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=spec.run_key, tags=tags, log_system_metrics=True
