@@ -1,4 +1,5 @@
-"""MLflow side of the engines: run tags, flattened params, and the per-step metrics callback."""
+"""MLflow side of the engines: run tags, flattened params, the per-step metrics callback, system metrics,
+and the training watch (NaN/inf stop, curve diagnosis)."""
 
 from __future__ import annotations
 
@@ -122,7 +123,7 @@ class TrainingWatch(TrainerCallback):
         self._non_finite = 0
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        from trainers.diagnose import NAN_REMEDY, MetricPoint, TrainingDiverged, diagnose_history
+        from trainers.diagnose import MetricPoint, TrainingDiverged, diagnose_history
 
         logs = logs or {}
         if not isinstance(logs.get("loss"), int | float):
@@ -142,7 +143,8 @@ class TrainingWatch(TrainerCallback):
             raise TrainingDiverged(
                 f"training stopped at step {point.step}: the loss is {point.loss} (grad norm "
                 f"{point.grad_norm}, learning rate {point.learning_rate}) for {self._non_finite} consecutive "
-                f"log steps; {NAN_REMEDY}"
+                "log steps. Lower hyperparams.learning_rate, raise warmup_ratio, train in bf16 rather than fp16, "
+                f"or check the data trained just before step {point.step}"
             )
 
     def finalize(self, eval_loss: float | None = None) -> list[dict[str, Any]]:

@@ -52,7 +52,7 @@ def test_nan_for_two_log_steps_stops_with_the_remedy(mlflow_run):
     for step, loss in [(1, 5.0), (5, 4.5), (10, float("nan"))]:
         _log(watch, step, loss)  # one non-finite log is tolerated
     with pytest.raises(
-        TrainingDiverged, match=r"training stopped at step 15: the loss is nan .* lower hyperparams"
+        TrainingDiverged, match=r"training stopped at step 15: the loss is nan .* Lower hyperparams"
     ):
         _log(watch, 15, float("nan"), grad_norm=float("nan"))
     d = _diagnosis(c, run_id)
