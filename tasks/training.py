@@ -351,6 +351,12 @@ def build_retrain_spec(retrain_of: str, overrides: dict[str, Any], run_key: str)
     doc = _merge(_source_spec(run), changes)
     if "base_model" not in changes:
         doc["base_model"] = _pinned_base(str(doc.get("base_model", "")), run)
+    if (doc.get("teacher") or {}).get("api_key") == "***":
+        raise RetrainError(
+            f"retrain of {run.info.run_id}: its teacher's API key is masked in spec.json (never stored); give it "
+            'as the override {"teacher.api_key": ...} or retrain against a teacher that needs none '
+            '({"teacher.api_key": null})'
+        )
     doc.update(
         run_key=run_key,
         output_uri=Lake.from_settings().uri("models", slug(run_key)),
@@ -362,7 +368,10 @@ def build_retrain_spec(retrain_of: str, overrides: dict[str, Any], run_key: str)
         lines = []
         for err in e.errors():
             loc = [str(p) for p in err["loc"]]
-            where = "overrides" if _overridden(loc, changes) else f"the spec of run {run.info.run_id}"
+            if not loc:  # a rule across fields
+                where = "the spec with the overrides"
+            else:
+                where = "overrides" if _overridden(loc, changes) else f"the spec of run {run.info.run_id}"
             lines.append(f"  - {where}: {'.'.join(loc) or '(top level)'}: {err['msg']}")
         raise RetrainError(
             f"retrain of {run.info.run_id}: {len(lines)} invalid field(s)\n"

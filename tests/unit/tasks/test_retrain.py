@@ -91,6 +91,10 @@ BAD_OVERRIDES = [
     ({"train_uri": "file:///other"}, r"train_uri cannot be overridden in a retrain"),
     ({"run_key": "x"}, r"run_key cannot be overridden"),
     ({"hyperparams": 5}, r"overrides: hyperparams: Input should be a valid dictionary"),
+    (
+        {"method": "distill"},
+        r"the spec with the overrides: \(top level\): Value error, method distill needs a teacher",
+    ),
 ]
 
 
@@ -99,6 +103,31 @@ def test_bad_overrides_name_the_field(ff_home):
     for overrides, message in BAD_OVERRIDES:
         with pytest.raises(RetrainError, match=message):
             build_retrain_spec(source, overrides, "k")
+
+
+def test_a_masked_teacher_key_must_be_given_again(ff_home):
+    import mlflow
+
+    from tasks.registry import client, ensure_experiment
+
+    spec = TrainSpec(
+        run_key="distill-1",
+        method="distill",
+        teacher={"base_url": "http://127.0.0.1:9/v1", "model": "teacher", "api_key": "secret"},
+        train_uri="file:///lake/datasets/sft/v1",
+        output_uri="file:///lake/models/old",
+    )
+    client()
+    with mlflow.start_run(
+        experiment_id=ensure_experiment("forgeflow-train"), tags={RUN_KEY_TAG: "distill-1"}
+    ):
+        mlflow.log_dict(spec.redacted(), "spec.json")
+    with pytest.raises(RetrainError, match="teacher's API key is masked"):
+        build_retrain_spec("distill-1", {}, "k")
+    again = load_spec(
+        build_retrain_spec("distill-1", {"teacher.api_key": "secret"}, "k2")["spec_uri"], TrainSpec
+    )
+    assert again.teacher.api_key == "secret"
 
 
 def test_unknown_runs_and_runs_without_a_spec(ff_home):
@@ -136,3 +165,24 @@ def test_latest_base_is_pinned_to_the_version_the_earlier_run_used(ff_home):
         build_retrain_spec(untagged, {"base_model": "models:/base/latest"}, "k5")["spec_uri"], TrainSpec
     )
     assert chosen.base_model == "models:/base/latest"  # an explicit override is kept as given
+
+
+def test_an_earlier_spec_that_no_longer_validates_is_named_as_such(ff_home):
+    import mlflow
+
+    from tasks.registry import client, ensure_experiment
+
+    old = {
+        "run_key": "old-1",
+        "method": "sft_full",
+        "train_uri": "file:///lake/datasets/sft/v1",
+        "output_uri": "file:///lake/models/old",
+        "removed_field": 1,  # written by an older engine
+    }
+    client()
+    with mlflow.start_run(
+        experiment_id=ensure_experiment("forgeflow-train"), tags={RUN_KEY_TAG: "old-1"}
+    ) as r:
+        mlflow.log_dict(old, "spec.json")
+    with pytest.raises(RetrainError, match=f"the spec of run {r.info.run_id}: removed_field: Extra inputs"):
+        build_retrain_spec("old-1", {}, "k")
