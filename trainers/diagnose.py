@@ -451,9 +451,7 @@ def diagnose_history(
                 step=bad.step,
             )
         )
-    clean = [p for p in points if p.finite]
-    if bad is not None:
-        clean = [p for p in clean if p.step < bad.step]
+    clean = [p for p in points if p.finite]  # a blip the run recovered from leaves the rest of the curve
     if len(clean) < t.min_points:
         return findings
     early_end = max(4, math.ceil(t.early_fraction * len(clean)))
