@@ -8,6 +8,18 @@ published) → health check → train (`python -m trainers.train SPEC`, a local 
 
 Runs are triggered from the UI/REST API, or by the Asset `forgeflow://datasets/sft`: publishing an SFT
 dataset version re-trains with the Param defaults below on that version (scheduled retraining).
+
+Every run is a version of the task (run key `model_train/<run id>`). **Retrain**: set `retrain_of` to an
+earlier run (its Airflow run id, run key or MLflow run id) and optionally `overrides` (TrainSpec fields,
+e.g. `{"hyperparams": {"learning_rate": 1e-5}}`); the earlier run's resolved spec (its `spec.json` in
+MLflow) trains again as a new version, tagged `forgeflow.retrain_of`. The data and the other Params are
+then the earlier run's.
+
+Monitoring: the MLflow run has the loss, learning rate, grad norm, throughput and eval loss/perplexity
+curves, the configuration, system metrics (`system/*`: CPU, memory, disk, network; GPUs with
+nvidia-ml-py) and `diagnosis.json` (loss spikes, overfitting, rising or noisy loss, too little warmup). A
+NaN/inf loss stops the run; a failed run's task log ends with the recognised failures, the log line and
+the remedy.
 """
 
 from __future__ import annotations
@@ -75,6 +87,22 @@ from tasks.training import TINY_PREFIX, hyperparam_params
             section="Task",
             description="Merge a LoRA adapter into its base before registering.",
         ),
+        "retrain_of": Param(
+            "",
+            type="string",
+            section="Retrain",
+            description="Retrain an earlier run: its Airflow run id (or run key model_train/<run id>, or MLflow "
+            "run id). Its resolved spec trains again as a new version; method, data and the other Params are "
+            "then ignored. Empty: a new training from the Params.",
+        ),
+        "overrides": Param(
+            {},
+            type="object",
+            section="Retrain",
+            description="With retrain_of: TrainSpec fields to change, nested or dotted, e.g. "
+            '{"hyperparams": {"learning_rate": 1e-5, "epochs": 2}} or {"hyperparams.max_steps": 100}. '
+            "Validated like any spec; the data cannot be changed.",
+        ),
         "gpus": Param(
             0,
             type="integer",
@@ -98,7 +126,7 @@ def model_train():
 
     @task
     def health_check() -> dict:
-        """Disk space, a writable lake, and the GPUs asked for."""
+        """Disk space, a writable lake, CPU/memory, and the GPUs asked for (each allocates and multiplies)."""
         from tasks.training import health_check
 
         return health_check(gpus=get_current_context()["params"]["gpus"])

@@ -30,6 +30,7 @@ from tasks.settings import PROJECT_ROOT, get_settings
 from tasks.specs import DistributedConfig, Spec, slug
 from tasks.storage import Lake
 from tasks.version import code_version
+from trainers.diagnose import LogScanner, format_findings
 
 if TYPE_CHECKING:
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
@@ -167,6 +168,7 @@ class LocalRunner:
         log.info("running %s", " ".join(cmd))
         # torchrun adds its own failure summary; keep enough lines to show the ranks' errors too
         tail: deque[str] = deque(maxlen=self.tail_lines * (2 if "torch.distributed.run" in cmd else 1))
+        scanner = LogScanner()  # recognises known failures as the output streams by
         started = time.monotonic()
         proc = subprocess.Popen(
             cmd,
@@ -188,6 +190,7 @@ class LocalRunner:
             for line in proc.stdout:
                 line = line.rstrip("\n")
                 tail.append(line)
+                scanner.feed(line)
                 log.info("%s", line)
             rc = proc.wait()
         finally:
@@ -198,13 +201,30 @@ class LocalRunner:
         try:
             result = read_result(spec_uri)
         except EngineFailed as e:
-            raise type(e)(f"{e} (exit code {rc})\n--- last log lines ---\n" + "\n".join(tail)) from None
+            raise type(e)(
+                f"{e} (exit code {rc})"
+                + _diagnosis(scanner, rc)
+                + "\n--- last log lines ---\n"
+                + "\n".join(tail)
+            ) from None
         if rc != 0:  # e.g. rank 0 wrote its success, then another rank failed: the run failed
             raise EngineFailed(
                 f"{engine} exited with code {rc} although {result_uri_for(spec_uri)} says success; "
-                "a process failed after it was written\n--- last log lines ---\n" + "\n".join(tail)
+                "a process failed after it was written"
+                + _diagnosis(scanner, rc)
+                + "\n--- last log lines ---\n"
+                + "\n".join(tail)
             )
         return result
+
+
+def _diagnosis(scanner: LogScanner, rc: int) -> str:
+    """The known failures the engine's output shows (line number, line, remedy), for the task log and UI."""
+    findings = scanner.findings(rc)
+    if not findings:
+        return ""
+    log.error("diagnosis of the engine output:\n%s", format_findings(findings))
+    return "\n--- diagnosis (line numbers count the engine's output) ---\n" + format_findings(findings)
 
 
 def _stop_group(proc: subprocess.Popen, grace_s: float | None = None) -> None:

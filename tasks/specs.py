@@ -532,6 +532,11 @@ class TrainSpec(Spec):
         default_factory=DistributedConfig,
         description="Processes, nodes and DeepSpeed ZeRO (default: one process, no DeepSpeed).",
     )
+    retrain_of: str | None = Field(
+        default=None,
+        description="MLflow run id of the run this one retrains (lineage, tagged on the new run); set by "
+        "model_train's retrain_of Param.",
+    )
 
     @field_validator("register_as")
     @classmethod

@@ -40,7 +40,7 @@ from trainers.data import DataError, read_records, train_tokenizer
 from trainers.methods import METHODS, UnsupportedMethodError, get_method
 from trainers.modeling import count_parameters, save_model_dir
 from trainers.templates import choose_chat_template
-from trainers.tracking import MlflowStepLogger, flatten, perplexity
+from trainers.tracking import MlflowStepLogger, TrainingWatch, configure_system_metrics, flatten, perplexity
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,6 +50,7 @@ log = logging.getLogger("forgeflow.trainers.train")
 
 RESULT_ARTIFACT = "result.json"
 RUN_KEY_TAG = "forgeflow.run_key"
+RETRAIN_OF_TAG = "forgeflow.retrain_of"
 __all__ = ["METHODS", "UnsupportedMethodError", "main", "run", "training_arguments"]
 
 
@@ -88,6 +89,7 @@ def training_arguments(hp: HyperParams, output_dir: Path, **overrides: Any) -> T
         logging_strategy="steps",
         logging_steps=hp.logging_steps,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # a NaN loss must show in the logs: TrainingWatch stops on it
         save_strategy=hp.save_strategy,
         save_steps=hp.save_steps,
         save_total_limit=hp.save_total_limit,
@@ -236,9 +238,15 @@ def run(spec: TrainSpec) -> dict[str, Any]:
         "base_model": base_ref,
         "code_version": code_version(),
     }
+    if spec.retrain_of:
+        tags[RETRAIN_OF_TAG] = spec.retrain_of
     run_tags = tags | ckpt.resume_tags(resume)
+    if main:
+        configure_system_metrics()
     run_context = (
-        mlflow.start_run(experiment_id=experiment_id, run_name=spec.run_key, tags=run_tags)
+        mlflow.start_run(
+            experiment_id=experiment_id, run_name=spec.run_key, tags=run_tags, log_system_metrics=True
+        )
         if main
         else nullcontext()
     )
@@ -282,7 +290,9 @@ def run(spec: TrainSpec) -> dict[str, Any]:
                     )
                 )
             saver = ckpt.CheckpointCallback(lake, spec, run_id, resume, base_ref=base_ref)
-            callbacks.append(saver)
+            # every rank watches (the logged loss is all-reduced, so all stop together); rank 0 records
+            watch = TrainingWatch(c, run_id)
+            callbacks += [saver, watch]
             args = training_arguments(hp, saver.local_dir, **dist_args)
             trainer = method.trainer(spec, model, tokenizer, data, args, callbacks)
             train_output = ckpt.train(trainer, resume, saver)
@@ -357,6 +367,7 @@ def run(spec: TrainSpec) -> dict[str, Any]:
                 "steps": trainer.state.global_step,
                 "metrics": metrics,
                 "distributed": distributed.describe(trainer, spec.distributed),
+                "diagnosis": watch.finalize(eval_loss),
             }
             if spec.method == "pretrain":
                 result["packing_waste"] = data.stats["packing_waste"]

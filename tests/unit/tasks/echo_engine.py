@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from pydantic import Field
@@ -16,11 +17,17 @@ class EchoSpec(Spec):
     stop: bool = False
     fail_rank: int | None = None  # under torchrun: only this rank fails
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    say: list[str] = []  # lines printed before anything else (e.g. a library's error message)
+    kill: bool = False  # SIGKILL itself, as the kernel's OOM killer would
 
 
 def run(spec: EchoSpec) -> dict:
     rank = int(os.environ.get("RANK", "0"))
     print(f"echo engine running {spec.run_key} as rank {rank}", flush=True)
+    for line in spec.say:
+        print(line, flush=True)
+    if spec.kill:
+        os.kill(os.getpid(), signal.SIGKILL)
     if spec.fail or spec.fail_rank == rank:
         raise RuntimeError(f"asked to fail on rank {rank}")
     if spec.stop:

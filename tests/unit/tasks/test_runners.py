@@ -16,13 +16,12 @@ from tasks.runners import (
 )
 from tasks.specs import ServeSpec
 from tasks.storage import Lake
+from tests.unit.tasks.echo_engine import EchoSpec
 
 ECHO = "tests.unit.tasks.echo_engine"
 
 
 def _spec_uri(lake: Lake, fail: bool = False, raw: dict | None = None, stop: bool = False) -> str:
-    from tests.unit.tasks.echo_engine import EchoSpec
-
     uri = lake.uri("runs", "t", "spec.json")
     if raw is not None:
         lake.write_json(uri, raw)
@@ -76,6 +75,39 @@ def test_stop_group_waits_the_configured_grace_then_kills(ff_home, monkeypatch):
     assert stubborn.stdout.readline().strip() == "ready"
     _stop_group(stubborn)  # SIGTERM is ignored: SIGKILL after the grace
     assert stubborn.returncode == -9
+
+
+def test_engine_failure_carries_the_diagnosis_with_line_and_remedy(ff_home):
+    lake = Lake.from_settings()
+    oom = (
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "
+        "of 79.15 GiB of which 1.06 GiB is free."
+    )
+    uri = lake.uri("runs", "t", "spec.json")
+    write_spec(EchoSpec(run_key="demo-run", fail=True, say=["loading", oom]), uri, lake)
+    with pytest.raises(EngineFailed) as e:
+        LocalRunner().run(ECHO, uri)
+    msg = str(e.value)
+    assert "--- diagnosis" in msg and "cuda_oom line 3: the GPU ran out of memory" in msg
+    assert f"> {oom}" in msg and "remedy: lower hyperparams.batch_size" in msg
+    assert msg.index("--- diagnosis") < msg.index("--- last log lines ---")
+
+
+def test_a_killed_engine_is_diagnosed_from_its_exit_code(ff_home):
+    lake = Lake.from_settings()
+    uri = lake.uri("runs", "t", "spec.json")
+    write_spec(EchoSpec(run_key="demo-run", kill=True), uri, lake)
+    with pytest.raises(EngineFailed) as e:
+        LocalRunner().run(ECHO, uri)
+    assert "wrote no result" in str(e.value) and "(exit code -9)" in str(e.value)
+    assert "[error] killed" in str(e.value) and "OOM killer" in str(e.value)
+
+
+def test_a_plain_failure_has_no_diagnosis_section(ff_home):
+    lake = Lake.from_settings()
+    with pytest.raises(EngineFailed) as e:
+        LocalRunner().run(ECHO, _spec_uri(lake, fail=True))
+    assert "--- diagnosis" not in str(e.value)
 
 
 def test_bad_spec_names_the_field(ff_home):

@@ -10,7 +10,7 @@ from tasks.data import build_process_spec, input_source, resolve_source
 from tasks.datasets import _char_count
 from tasks.engine import load_spec
 from tasks.specs import ProcessSpec, TrainSpec
-from tasks.training import build_train_spec, dataset_from_trigger, health_check
+from tasks.training import HealthCheckFailed, build_train_spec, dataset_from_trigger, health_check
 
 PROCESS_PARAMS = {
     "scene": "general", "dataset": "alpaca-zh", "usage": "sft", "source": "shared://sft/alpaca_zh_demo.json",
@@ -124,8 +124,59 @@ def test_train_spec_enforces_usage(ff_home):
         build_train_spec(TRAIN_PARAMS, "model_train/r1", ref)
 
 
-def test_health_check_reports_disk_and_lake(ff_home):
+def test_health_check_reports_disk_lake_cpu_and_memory(ff_home):
     report = health_check(min_free_gb=0.001)
-    assert report["free_gb"] > 0 and report["lake"].startswith("file://")
-    with pytest.raises(RuntimeError, match="GB free"):
+    assert report["free_gb"] > 0 and report["lake"].startswith("file://") and report["lake_writable"] is True
+    assert report["cpu"]["logical_cores"] >= 1 and report["memory"]["total_gb"] > 0
+    assert "gpus" not in report  # no GPU asked for: torch and CUDA are not even loaded
+    assert not list((ff_home / "lake" / "_health").glob("*"))  # the probe is removed
+    with pytest.raises(HealthCheckFailed, match="GB free"):
         health_check(min_free_gb=10**9)
+
+
+def test_health_check_lists_every_problem_with_what_to_do(ff_home, tmp_path, monkeypatch):
+    from tasks.settings import get_settings
+
+    (tmp_path / "not-a-dir").write_text("a file where the lake should be")
+    monkeypatch.setenv("FORGEFLOW_LAKE_URI", (tmp_path / "not-a-dir" / "lake").as_uri())
+    get_settings.cache_clear()
+    with pytest.raises(HealthCheckFailed) as e:
+        health_check(min_free_gb=10**9, min_free_memory_gb=10**9)
+    msg = str(e.value)
+    assert "3 problem(s)" in msg and "GB free" in msg and "memory available" in msg
+    assert "not-a-dir/lake is not writable" in msg and "FORGEFLOW_LAKE_URI" in msg
+
+
+def test_health_check_without_cuda_says_why(ff_home):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(HealthCheckFailed, match=r"1 GPU\(s\) requested but CUDA is not available"):
+        health_check(min_free_gb=0.001, gpus=1)
+
+
+def test_health_check_counts_visible_gpus(ff_home, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(HealthCheckFailed, match=r"2 GPU\(s\) requested but 1 visible"):
+        health_check(min_free_gb=0.001, gpus=2)
+
+
+def test_health_check_finds_a_visible_gpu_that_cannot_compute(ff_home, monkeypatch):
+    """A device that is listed but fails on first use (here: CUDA calls on a CPU build of torch)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    props = SimpleNamespace(name="NVIDIA H100 80GB HBM3", major=9, minor=0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (70 * 2**30, 80 * 2**30))
+    with pytest.raises(HealthCheckFailed, match=r"GPU 0 \(NVIDIA H100 80GB HBM3\) is visible but not usable"):
+        health_check(min_free_gb=0.001, gpus=1)
