@@ -201,11 +201,11 @@ class LocalRunner:
         try:
             result = read_result(spec_uri)
         except EngineFailed as e:
+            diagnosis = (
+                "" if isinstance(e, EngineStoppedError) else _diagnosis(scanner, rc)
+            )  # a stop is no fault
             raise type(e)(
-                f"{e} (exit code {rc})"
-                + _diagnosis(scanner, rc)
-                + "\n--- last log lines ---\n"
-                + "\n".join(tail)
+                f"{e} (exit code {rc}){diagnosis}\n--- last log lines ---\n" + "\n".join(tail)
             ) from None
         if rc != 0:  # e.g. rank 0 wrote its success, then another rank failed: the run failed
             raise EngineFailed(

@@ -138,10 +138,22 @@ LOG_RULES: tuple[LogRule, ...] = (
             # c10/core/impl/alloc_cpu.cpp: "DefaultCPUAllocator: can't allocate memory: you tried to allocate
             # N bytes. Error code 12 (Cannot allocate memory)" (older builds: "not enough memory").
             r"DefaultCPUAllocator: (?:can't allocate memory|not enough memory)",
-            r"^\s*MemoryError\b",
+            r"(?:^|\]: )\s*MemoryError\b",  # a Python traceback's last line (torchrun prefixes '[rankN]: ')
             r"\bOOMKilled\b",  # Kubernetes container status
             r"Out of memory: Killed process",  # kernel OOM killer (dmesg)
             r"Memory cgroup out of memory",
+        ),
+    ),
+    LogRule(
+        "rank_killed",
+        "error",
+        "a training process was killed (SIGKILL), most often by the kernel's OOM killer",
+        "the host ran out of memory: lower hyperparams.batch_size or max_seq_length, use fewer processes "
+        "per node, or raise the node's or pod's memory limit (PodResources.memory_limit)",
+        (
+            # torch/distributed/elastic/multiprocessing/errors: torchrun's failure summary of a rank
+            r"Signal 9 \(SIGKILL\) received by PID",
+            r"exitcode\s*:\s*-9 \(pid:",
         ),
     ),
     LogRule(

@@ -28,6 +28,7 @@ REAL_LINES = {
     "23.60 GiB memory in use.",
     "cpu_oom": "RuntimeError: [enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
     "memory: you tried to allocate 400000000000000 bytes. Error code 12 (Cannot allocate memory)",
+    "rank_killed": "traceback : Signal 9 (SIGKILL) received by PID 4242",
     "nan_loss": "{'loss': 'nan', 'grad_norm': 'nan', 'learning_rate': '0.0001', 'epoch': '0.2'}",
     "fp16_overflow": "[2026-01-01 10:00:00,000] [INFO] [loss_scaler.py:183:update_scale] [deepspeed] OVERFLOW! "
     "Rank 0 Skipping step. Attempted loss scale: 65536, reducing to 32768",
@@ -74,6 +75,8 @@ def test_other_real_texts_of_the_same_failures():
         "tokenizer_mismatch": "IndexError: index out of range in self",
         "nan_loss": "trainers.diagnose.TrainingDiverged: training stopped at step 4: the loss is nan",
         "dataset_unusable": "CatalogError: general/x@V1 has usage 'pretrain'; sft_lora can only use sft data",
+        "cpu_oom": "[rank1]: MemoryError",
+        "rank_killed": "  exitcode  : -9 (pid: 4242)",
     }
     for kind, line in cases.items():
         assert [f.kind for f in diagnose_log([line])] == [kind], line
