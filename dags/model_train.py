@@ -1,8 +1,8 @@
 """
 ### model_train — train or fine-tune a model on a published dataset version and register it in MLflow
 
-One DAG for every method (pretrain, sft_full, sft_lora; prompt tuning, reward model, DPO and distillation
-come with the training issue). Steps: resolve the dataset (its usage must fit the method and it must be
+One DAG for every method: pretrain (packed blocks), sft_full, sft_lora, prompt_tuning, reward_model
+(pairwise loss on ranking data), dpo (TRL) and distill (SFT on a teacher's answers, checked by rules). Steps: resolve the dataset (its usage must fit the method and it must be
 published) → health check → train (`python -m trainers.train SPEC`, a local process or a Kubernetes pod)
 → summary (MLflow run, registered model version, metrics).
 
@@ -25,13 +25,20 @@ the remedy.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import get_args
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 from tasks.assets import dataset_asset_name, dataset_asset_uri
 from tasks.dagkit import DEFAULT_ARGS, engine_step, params_from_model, run_key
-from tasks.specs import TinyModelConfig
-from tasks.training import TINY_PREFIX, hyperparam_params
+from tasks.specs import Method, TinyModelConfig
+from tasks.training import (
+    TINY_PREFIX,
+    distill_params,
+    distributed_params,
+    hyperparam_params,
+    resume_params,
+)
 
 
 @dag(
@@ -46,7 +53,7 @@ from tasks.training import TINY_PREFIX, hyperparam_params
     params={
         "method": Param(
             "sft_lora",
-            enum=["pretrain", "sft_full", "sft_lora"],
+            enum=list(get_args(Method)),
             section="Task",
             description="Training method.",
         ),
@@ -111,7 +118,17 @@ from tasks.training import TINY_PREFIX, hyperparam_params
             section="Resources",
             description="GPUs the run needs; the health check fails when fewer are visible.",
         ),
+        "chat_template": Param(
+            "",
+            type="string",
+            section="Task",
+            description="Chat template: empty keeps the base tokenizer's own (ChatML when it has none); "
+            "chatml, qwen2, llama3 (include/chat_templates/) or a .jinja path.",
+        ),
         **hyperparam_params(),
+        **resume_params(),
+        **distributed_params(),
+        **distill_params(),
         **params_from_model(TinyModelConfig, prefix=TINY_PREFIX, section="Tiny model (base_model = tiny)"),
     },
 )

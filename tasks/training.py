@@ -16,7 +16,9 @@ from tasks.runners import prepare, read_result
 from tasks.settings import get_settings
 from tasks.specs import (
     METHOD_DEFAULTS,
+    DistillConfig,
     DistributedConfig,
+    Endpoint,
     HyperParams,
     ResumeSpec,
     TinyModelConfig,
@@ -212,12 +214,97 @@ def build_train_spec(params: dict[str, Any], run_key: str, dataset_ref: str) -> 
         experiment=params["experiment"],
         register_as=params["register_as"] or None,
         merge_lora=params["merge_lora"],
+        chat_template=params.get("chat_template") or None,
         resume=resume_spec(params),
         distributed=DistributedConfig(
             **{k: v for k, v in _strip(params, DIST_PREFIX).items() if v is not None}
         ),
+        **distill_fields(params, method),
     )
     return {"spec_uri": prepare(spec, "trainers.train"), "dataset_ref": version.ref}
+
+
+def distill_fields(params: dict[str, Any], method: str) -> dict[str, Any]:
+    """``teacher`` and ``distill`` of the spec from the teacher_* / distill_* Params (method distill only)."""
+    if method != "distill":
+        return {}
+    if not params.get("teacher_base_url") or not params.get("teacher_model"):
+        raise ValueError(
+            "method distill needs the teacher: set the teacher_base_url (an OpenAI-compatible /v1 URL, e.g. a "
+            "model_serve service) and teacher_model Params"
+        )
+    teacher = Endpoint(
+        base_url=params["teacher_base_url"],
+        model=params["teacher_model"],
+        api_key=params.get("teacher_api_key") or None,
+    )
+    distill = {k: v for k, v in _strip(params, "distill_").items() if v is not None}
+    return {"teacher": teacher, "distill": DistillConfig(**distill)}
+
+
+def distill_params(section: str = "Distillation (method distill)") -> dict[str, Any]:
+    """Params for the teacher endpoint and the main distillation settings."""
+    from airflow.sdk import Param
+
+    fields = DistillConfig.model_fields
+    return {
+        "teacher_base_url": Param(
+            "", type="string", section=section, description="Teacher: OpenAI-compatible base URL (…/v1)."
+        ),
+        "teacher_model": Param(
+            "", type="string", section=section, description="Teacher: model name it serves."
+        ),
+        "teacher_api_key": Param(
+            "", type="string", section=section, description="Teacher: bearer key, if the server wants one."
+        ),
+        "distill_student": Param(
+            fields["student"].default,
+            enum=["full", "lora"],
+            section=section,
+            description=fields["student"].description or "Student training.",
+        ),
+        "distill_min_accept_ratio": Param(
+            fields["min_accept_ratio"].default,
+            type="number",
+            minimum=0,
+            maximum=1,
+            section=section,
+            description=fields["min_accept_ratio"].description or "Least share of teacher answers that pass.",
+        ),
+        "distill_concurrency": Param(
+            fields["concurrency"].default,
+            type="integer",
+            minimum=1,
+            maximum=64,
+            section=section,
+            description=fields["concurrency"].description or "Teacher requests in flight.",
+        ),
+    }
+
+
+def resume_params(section: str = "Checkpoints and resume") -> dict[str, Any]:
+    """Params read by resume_spec: where the run starts."""
+    from airflow.sdk import Param
+
+    return {
+        "resume_from": Param(
+            "",
+            type="string",
+            section=section,
+            description="Empty: a retried task continues from this run's newest checkpoint (if any). Otherwise a "
+            "checkpoint URI (<output_uri>/checkpoints/checkpoint-<step>) or another run's output_uri.",
+        ),
+        "resume_mode": Param(
+            "continue",
+            enum=["weights_only", "continue", "continue_skip"],
+            section=section,
+            description="weights_only: new training from the checkpoint's weights; continue: weights, optimizer, "
+            "scheduler and data position; continue_skip: continue, skipping resume_skip_samples samples.",
+        ),
+        "resume_skip_samples": Param(
+            0, type="integer", minimum=0, section=section, description="continue_skip: samples to skip."
+        ),
+    }
 
 
 def resume_spec(params: dict[str, Any]) -> ResumeSpec:

@@ -180,3 +180,24 @@ def test_health_check_finds_a_visible_gpu_that_cannot_compute(ff_home, monkeypat
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (70 * 2**30, 80 * 2**30))
     with pytest.raises(HealthCheckFailed, match=r"GPU 0 \(NVIDIA H100 80GB HBM3\) is visible but not usable"):
         health_check(min_free_gb=0.001, gpus=1)
+
+
+def test_distill_params_become_the_teacher_and_the_rules(ff_home):
+    from tasks.training import distill_params
+
+    params = distill_params()
+    assert {"teacher_base_url", "teacher_model", "distill_student", "distill_min_accept_ratio"} <= set(params)
+    ref = _publish("sft")
+    distill = {**TRAIN_PARAMS, "method": "distill", "base_model": "models:/base/1", "chat_template": "qwen2"}
+    with pytest.raises(ValueError, match="method distill needs the teacher: set the teacher_base_url"):
+        build_train_spec(distill, "model_train/d0", ref)
+    chosen = {
+        "teacher_base_url": "http://127.0.0.1:9/v1", "teacher_model": "big", "teacher_api_key": "",
+        "distill_student": "lora", "distill_min_accept_ratio": 0.8, "distill_concurrency": None,
+    }
+    spec = load_spec(build_train_spec({**distill, **chosen}, "model_train/d1", ref)["spec_uri"], TrainSpec)
+    assert spec.teacher.base_url == "http://127.0.0.1:9/v1" and spec.teacher.api_key is None
+    assert spec.distill.student == "lora" and spec.distill.min_accept_ratio == 0.8 and spec.distill.concurrency == 4
+    assert spec.chat_template == "qwen2"
+    # other methods ignore the teacher Params
+    assert load_spec(build_train_spec({**TRAIN_PARAMS, **chosen}, "model_train/d2", ref)["spec_uri"], TrainSpec).teacher is None
