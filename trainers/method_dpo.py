@@ -20,8 +20,8 @@ import copy
 from typing import TYPE_CHECKING, Any
 
 from trainers.data import DataError, RankingRecord, preferred, ranking_records
-from trainers.method_reward import Pair, RewardModel, split_records
-from trainers.methods import PreparedData, TrainMethod, register
+from trainers.method_reward import Pair, RewardModel
+from trainers.methods import PreparedData, TrainMethod, hold_out, register
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -103,11 +103,9 @@ class Dpo(TrainMethod):
     def prepare(self, spec, tokenizer, train_df, eval_df):
         from datasets import Dataset
 
+        eval_records = dpo_records(eval_df, spec.eval_uri or "") if eval_df is not None else None
         records = dpo_records(train_df, spec.train_uri)
-        if eval_df is not None:
-            train_records, eval_records = records, dpo_records(eval_df, spec.eval_uri or "")
-        else:
-            train_records, eval_records = split_records(records, spec.validation_split, spec.hyperparams.seed)
+        train_records, eval_records = hold_out(spec, records, eval_records)
         train_pairs = [dpo_example(p) for r in train_records for p in best_vs_rest(r)]
         eval_pairs = [dpo_example(p) for r in eval_records for p in best_vs_rest(r)]
         if not train_pairs:

@@ -27,9 +27,8 @@ from trainers.data import (
     TokenDataset,
     preferred,
     ranking_records,
-    split_indices,
 )
-from trainers.methods import Exported, PreparedData, TrainMethod, register
+from trainers.methods import Exported, PreparedData, TrainMethod, hold_out, register
 
 if TYPE_CHECKING:
     import torch
@@ -60,14 +59,6 @@ def ranked_pairs(record: RankingRecord) -> list[Pair]:
             elif order < 0:
                 pairs.append(Pair(record, b.text, a.text))
     return pairs
-
-
-def split_records(
-    records: list[RankingRecord], fraction: float, seed: int
-) -> tuple[list[RankingRecord], list[RankingRecord]]:
-    """Seeded (train, validation) split by record, so a conversation's pairs stay on one side."""
-    train_idx, val_idx = split_indices(len(records), fraction, seed)
-    return [records[i] for i in train_idx], [records[i] for i in val_idx]
 
 
 def conversation_ids(
@@ -175,11 +166,9 @@ class RewardModel(TrainMethod):
         return texts
 
     def prepare(self, spec, tokenizer, train_df, eval_df):
+        eval_records = ranking_records(eval_df, spec.eval_uri or "") if eval_df is not None else None
         records = ranking_records(train_df, spec.train_uri)
-        if eval_df is not None:
-            train_records, eval_records = records, ranking_records(eval_df, spec.eval_uri or "")
-        else:
-            train_records, eval_records = split_records(records, spec.validation_split, spec.hyperparams.seed)
+        train_records, eval_records = hold_out(spec, records, eval_records)
         max_len = spec.hyperparams.max_seq_length
         truncated = 0
 

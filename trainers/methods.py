@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from trainers.data import (
     ChatRecord,
@@ -174,6 +174,22 @@ def _load_all() -> None:
     import trainers.method_reward  # noqa: F401
 
 
+R = TypeVar("R")
+
+
+def split_records(records: list[R], fraction: float, seed: int) -> tuple[list[R], list[R]]:
+    """Seeded (train, validation) split by record, so a conversation's pairs stay on one side."""
+    train_idx, val_idx = split_indices(len(records), fraction, seed)
+    return [records[i] for i in train_idx], [records[i] for i in val_idx]
+
+
+def hold_out(spec: TrainSpec, records: list[R], eval_records: list[R] | None) -> tuple[list[R], list[R]]:
+    """(train, validation): the eval set's records when the spec has one, else a seeded split of ``records``."""
+    if eval_records is not None:
+        return records, eval_records
+    return split_records(records, spec.validation_split, spec.hyperparams.seed)
+
+
 # ---------------------------------------------------------------- pretraining
 
 
@@ -187,12 +203,8 @@ class Pretrain(TrainMethod):
         return pretrain_texts(train_df, source)
 
     def prepare(self, spec, tokenizer, train_df, eval_df):
-        texts = pretrain_texts(train_df, spec.train_uri)
-        if eval_df is not None:
-            eval_texts = pretrain_texts(eval_df, spec.eval_uri or "")
-        else:
-            train_idx, val_idx = split_indices(len(texts), spec.validation_split, spec.hyperparams.seed)
-            texts, eval_texts = [texts[i] for i in train_idx], [texts[i] for i in val_idx]
+        eval_texts = pretrain_texts(eval_df, spec.eval_uri or "") if eval_df is not None else None
+        texts, eval_texts = hold_out(spec, pretrain_texts(train_df, spec.train_uri), eval_texts)
         block, eos = spec.hyperparams.max_seq_length, tokenizer.eos_token_id
         if eos is None:
             raise DataError(
@@ -267,11 +279,8 @@ def split_chat(
     spec: TrainSpec, train_df: pd.DataFrame, eval_df: pd.DataFrame | None
 ) -> tuple[list[ChatRecord], list[ChatRecord]]:
     """(train, validation) chat records: the eval set when given, else a seeded split of the train set."""
-    records = chat_records(train_df, spec.train_uri)
-    if eval_df is not None:
-        return records, chat_records(eval_df, spec.eval_uri or "")
-    train_idx, val_idx = split_indices(len(records), spec.validation_split, spec.hyperparams.seed)
-    return [records[i] for i in train_idx], [records[i] for i in val_idx]
+    eval_records = chat_records(eval_df, spec.eval_uri or "") if eval_df is not None else None
+    return hold_out(spec, chat_records(train_df, spec.train_uri), eval_records)
 
 
 @register

@@ -110,7 +110,7 @@ def test_dpo_refuses_single_answer_data_by_name():
 
 
 def test_records_split_keeps_a_conversation_on_one_side():
-    from trainers.method_reward import split_records
+    from trainers.methods import split_records
 
     recs = [RankingRecord(None, [f"q{i}"], []) for i in range(20)]
     train, val = split_records(recs, 0.25, seed=1)
