@@ -151,3 +151,18 @@ class FakeChatServer:
 def fake_chat_server():
     """A factory: ``with fake_chat_server({question: answer}) as server: server.base_url``."""
     return FakeChatServer
+
+
+def run_spec(spec) -> dict:
+    """Write ``spec`` to the lake and run the training engine on it in this process; the success result."""
+    from tasks.engine import write_spec
+    from tasks.storage import Lake
+    from trainers.train import main
+
+    lake = Lake.from_settings()
+    spec_uri = write_spec(spec, lake.uri("specs", spec.run_key, "spec.json"))
+    rc = main([spec_uri])
+    result = lake.read_json(lake.uri("specs", spec.run_key, "result.json"))
+    assert rc == 0, result
+    assert result["status"] == "success"
+    return result

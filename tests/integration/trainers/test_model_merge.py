@@ -8,19 +8,11 @@ import json
 import pytest
 
 from tasks.specs import TrainSpec, default_hyperparams
+from tests.integration.trainers.conftest import run_spec
 
 pytestmark = pytest.mark.slow
 
 
-def _run(spec: TrainSpec) -> dict:
-    from tasks.engine import write_spec
-    from tasks.storage import Lake
-    from trainers.train import main
-
-    lake = Lake.from_settings()
-    spec_uri = write_spec(spec, lake.uri("specs", spec.run_key, "spec.json"))
-    assert main([spec_uri]) == 0
-    return lake.read_json(lake.uri("specs", spec.run_key, "result.json"))
 
 
 def test_adapter_registration_lineage_and_merge(forgeflow_home, tiny_model, capsys):
@@ -33,7 +25,7 @@ def test_adapter_registration_lineage_and_merge(forgeflow_home, tiny_model, caps
     from tasks.registry import client, fetch_model
 
     lake = (forgeflow_home / "lake").as_uri()
-    base = _run(
+    base = run_spec(
         TrainSpec(
             run_key="merge-base",
             method="pretrain",
@@ -45,7 +37,7 @@ def test_adapter_registration_lineage_and_merge(forgeflow_home, tiny_model, caps
             hyperparams=default_hyperparams("pretrain", max_steps=2, batch_size=4, max_seq_length=48),
         )
     )
-    adapter = _run(
+    adapter = run_spec(
         TrainSpec(
             run_key="merge-adapter",
             method="sft_lora",

@@ -10,22 +10,11 @@ import pytest
 from pydantic import ValidationError
 
 from tasks.specs import TrainSpec, default_hyperparams
+from tests.integration.trainers.conftest import run_spec
 
 pytestmark = pytest.mark.slow
 
 
-def _run(spec: TrainSpec) -> dict:
-    from tasks.engine import write_spec
-    from tasks.storage import Lake
-    from trainers.train import main
-
-    lake = Lake.from_settings()
-    spec_uri = write_spec(spec, lake.uri("specs", spec.run_key, "spec.json"))
-    rc = main([spec_uri])
-    result = lake.read_json(lake.uri("specs", spec.run_key, "result.json"))
-    assert rc == 0, result
-    assert result["status"] == "success"
-    return result
 
 
 def _assert_loads_and_generates(model_dir: Path) -> None:
@@ -68,7 +57,7 @@ def test_pretrain_then_lora_on_the_registered_version(forgeflow_home, tiny_model
             "pretrain", max_steps=8, batch_size=8, max_seq_length=64, learning_rate=5e-4, logging_steps=2
         ),
     )
-    r = _run(pre)
+    r = run_spec(pre)
     assert r["registered_model"] == "tiny-base" and r["model_version"] == "1" and r["steps"] == 8
     assert (
         r["metrics"]["eval_loss"] > 0
@@ -105,7 +94,7 @@ def test_pretrain_then_lora_on_the_registered_version(forgeflow_home, tiny_model
             "sft_lora", max_steps=6, batch_size=8, max_seq_length=64, learning_rate=5e-4, logging_steps=2
         ),
     )
-    r2 = _run(sft)
+    r2 = run_spec(sft)
     assert r2["registered_model"] == "tiny-chat" and r2["model_version"] == "1"
     out = forgeflow_home / "lake" / "models" / "sft-lora-1"
     assert (out / "adapter" / "adapter_config.json").exists()
@@ -115,7 +104,7 @@ def test_pretrain_then_lora_on_the_registered_version(forgeflow_home, tiny_model
     assert int(params["resolved.trainable_parameters"]) < int(params["resolved.total_parameters"]) / 2
 
     # A retried task with the same run key returns the finished run: no second run, no second version.
-    again = _run(sft)
+    again = run_spec(sft)
     assert {k: v for k, v in again.items() if k != "seconds"} == {
         k: v for k, v in r2.items() if k != "seconds"
     }
@@ -134,7 +123,7 @@ def test_sft_full_with_an_eval_set(forgeflow_home, tiny_model):
             "sft_full", max_steps=4, batch_size=8, max_seq_length=64, logging_steps=1
         ),
     )
-    r = _run(spec)
+    r = run_spec(spec)
     assert r["model_version"] is None and r["registered_model"] is None
     assert r["metrics"]["eval_loss"] > 0 and "packing_waste" not in r
     _assert_loads_and_generates(forgeflow_home / "lake" / "models" / "sft-full-1" / "model")
@@ -154,7 +143,7 @@ def test_lora_without_merge_saves_the_adapter_as_the_model(forgeflow_home, tiny_
         output_uri=_lake(forgeflow_home, "models", "pretrain-for-adapter"),
         hyperparams=default_hyperparams("pretrain", max_steps=2, batch_size=4, max_seq_length=48),
     )
-    base_dir = _run(base)["model_uri"]
+    base_dir = run_spec(base)["model_uri"]
     spec = TrainSpec(
         run_key="sft-lora-nomerge",
         method="sft_lora",
@@ -165,7 +154,7 @@ def test_lora_without_merge_saves_the_adapter_as_the_model(forgeflow_home, tiny_
         output_uri=_lake(forgeflow_home, "models", "sft-lora-nomerge"),
         hyperparams=default_hyperparams("sft_lora", max_steps=2, batch_size=4, max_seq_length=48),
     )
-    r = _run(spec)
+    r = run_spec(spec)
     assert r["metrics"]["eval_loss"] is None and r["metrics"]["perplexity"] is None
     model_dir = forgeflow_home / "lake" / "models" / "sft-lora-nomerge" / "model"
     assert json.loads((model_dir / "forgeflow.json").read_text())["format"] == "peft_adapter"

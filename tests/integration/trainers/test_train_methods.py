@@ -11,23 +11,11 @@ import pytest
 
 from tasks.specs import TrainSpec, default_hyperparams
 
-from .conftest import DIGITS, write_version
+from .conftest import DIGITS, run_spec, write_version
 
 pytestmark = pytest.mark.slow
 
 
-def _run(spec: TrainSpec) -> dict:
-    from tasks.engine import write_spec
-    from tasks.storage import Lake
-    from trainers.train import main
-
-    lake = Lake.from_settings()
-    spec_uri = write_spec(spec, lake.uri("specs", spec.run_key, "spec.json"))
-    rc = main([spec_uri])
-    result = lake.read_json(lake.uri("specs", spec.run_key, "result.json"))
-    assert rc == 0, result
-    assert result["status"] == "success"
-    return result
 
 
 def _run_failing(spec: TrainSpec) -> str:
@@ -121,7 +109,7 @@ def test_prompt_tuning_trains_only_the_virtual_tokens_and_loads_back(forgeflow_h
             prompt_tuning_init_text="请计算下面的加法",
         ),
     )
-    r = _run(spec)
+    r = run_spec(spec)
     assert r["steps"] == 4 and r["metrics"]["eval_loss"] > 0 and r["metrics"]["perplexity"] > 1
 
     from tasks.registry import client
@@ -166,7 +154,7 @@ def test_reward_model_pairwise_accuracy_and_scores(forgeflow_home, tiny_model, r
             "reward_model", max_steps=12, batch_size=8, max_seq_length=64, learning_rate=5e-4, logging_steps=1
         ),
     )
-    r = _run(spec)
+    r = run_spec(spec)
     m = r["metrics"]
     assert m["perplexity"] is None and m["eval_loss"] > 0 and 0 <= m["eval_accuracy"] <= 1
 
@@ -233,7 +221,7 @@ def test_dpo_logs_reward_metrics_and_saves_a_causal_lm(forgeflow_home, tiny_mode
             dpo_beta=0.2,
         ),
     )
-    r = _run(spec)
+    r = run_spec(spec)
     m = r["metrics"]
     assert m["perplexity"] is None and m["eval_loss"] > 0
     assert 0 <= m["eval_rewards/accuracies"] <= 1 and "eval_rewards/margins" in m
@@ -330,7 +318,7 @@ def test_distill_checks_teacher_answers_writes_them_and_trains(
                 "distill", max_steps=3, batch_size=8, max_seq_length=64, logging_steps=1
             ),
         )
-        r = _run(spec)
+        r = run_spec(spec)
         asked = len(server.requests)
     assert asked == 24 + 2  # the failing question was tried three times
     assert server.requests[0]["model"] == "big-teacher" and server.requests[0]["max_tokens"] == 64
@@ -368,7 +356,7 @@ def test_distill_checks_teacher_answers_writes_them_and_trains(
     # A retry (same questions, teacher and rules) reuses the teacher data: the teacher is gone by now.
     retry = spec.model_copy(update={"run_key": "distill-1-retry"})
     retry.hyperparams.max_steps = 1
-    r2 = _run(retry)
+    r2 = run_spec(retry)
     assert r2["data_metrics"]["teacher_reused"] == 1 and r2["data_metrics"]["teacher_accepted"] == 18
 
 
