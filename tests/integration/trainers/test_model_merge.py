@@ -13,8 +13,6 @@ from tests.integration.trainers.conftest import run_spec
 pytestmark = pytest.mark.slow
 
 
-
-
 def test_adapter_registration_lineage_and_merge(forgeflow_home, tiny_model, capsys):
     import torch
     from peft import PeftModel
@@ -64,7 +62,9 @@ def test_adapter_registration_lineage_and_merge(forgeflow_home, tiny_model, caps
     capsys.readouterr()  # the Trainer's own prints
     assert main(["model", "show", ref, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["format"] == "peft_adapter" and info["base_model"] == base_ref and info["method"] == "sft_lora"
+    assert (
+        info["format"] == "peft_adapter" and info["base_model"] == base_ref and info["method"] == "sft_lora"
+    )
 
     with pytest.raises(ModelOpError, match="is a full, not a LoRA adapter"):
         merge_adapter(base_ref)

@@ -15,8 +15,6 @@ from tests.integration.trainers.conftest import run_spec
 pytestmark = pytest.mark.slow
 
 
-
-
 def _assert_loads_and_generates(model_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
@@ -132,8 +130,14 @@ def test_sft_full_with_an_eval_set(forgeflow_home, tiny_model):
 def test_lora_without_merge_saves_the_adapter_as_the_model(forgeflow_home, tiny_model):
     # an unmerged adapter needs a base that is kept: 'tiny' is built in the run, so it is refused
     with pytest.raises(ValidationError, match="merge_lora=false keeps only the adapter"):
-        TrainSpec(run_key="x", method="sft_lora", tiny=tiny_model, merge_lora=False, train_uri="file:///d",
-                  output_uri="file:///o")
+        TrainSpec(
+            run_key="x",
+            method="sft_lora",
+            tiny=tiny_model,
+            merge_lora=False,
+            train_uri="file:///d",
+            output_uri="file:///o",
+        )
     base = TrainSpec(
         run_key="pretrain-for-adapter",
         method="pretrain",

@@ -16,8 +16,6 @@ from .conftest import DIGITS, run_spec, write_version
 pytestmark = pytest.mark.slow
 
 
-
-
 def _run_failing(spec: TrainSpec) -> str:
     from tasks.engine import write_spec
     from tasks.storage import Lake
