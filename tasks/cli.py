@@ -193,11 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_process)
 
-    from tasks import cli_dataset, cli_model, cli_train
+    from tasks import cli_dataset, cli_lm, cli_model, cli_train
 
     cli_dataset.add_commands(sub)
     cli_train.add_commands(sub)
     cli_model.add_commands(sub)
+    cli_lm.add_commands(sub)
 
     args = parser.parse_args(argv)
     try:

@@ -8,6 +8,7 @@ from spark_ops.operators import (  # noqa: F401  (registration side effect)
     filters,
     near_dedupe,
     normalize,
+    perplexity,
     replace,
     sensitive_words,
     tagging,

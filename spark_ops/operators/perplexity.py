@@ -1,0 +1,220 @@
+"""Perplexity filter: drop text that a character n-gram model the platform trained (``spark_ops/lm.py``,
+``forgeflow lm train``) finds improbable -- garbled, shuffled, machine-spun or foreign-alphabet noise.
+
+The model file travels to the executors with ``SparkContext.addFile`` (a lake ``s3://`` model is fetched
+to the state directory once), and each Python worker loads it once; scoring is one Arrow UDF call per
+batch (numpy, no Python per character).
+
+Limits are per language, because character perplexities of Chinese and English are not comparable: by
+default ``reference_factor`` x the model's held-out reference quantile (``reference_quantile``) for the
+record's language; ``max_perplexity`` sets absolute limits instead (one number, or per language). Records
+in a language with no limit, or shorter than ``min_chars`` normalised characters, are kept unscored and
+counted in the step's ``unscored`` counter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, field_validator
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.sql.functions import arrow_udf
+
+from spark_ops import lm
+from spark_ops.operators.base import KEEP, NOTE, STAT, Operator, OperatorContext, OperatorParams, register
+from spark_ops.operators.filters import _joined
+from tasks.settings import PROJECT_ROOT, get_settings
+from tasks.storage import Lake, local_path, to_uri
+
+log = logging.getLogger("forgeflow.spark_ops.perplexity")
+Language = Literal["zh", "en", "other"]
+_PPL = "_perplexity"
+_OUT = T.StructType(
+    [
+        T.StructField("perplexity", T.DoubleType()),
+        T.StructField("language", T.StringType()),
+        T.StructField("limit", T.DoubleType()),
+    ]
+)
+
+
+def _resolve(model: str) -> str:
+    """A lake URI for ``model``: s3:// and file:// as given, other paths from the project root."""
+    if "://" in model:
+        return model
+    p = Path(model)
+    return to_uri(p if p.is_absolute() else PROJECT_ROOT / p)
+
+
+def ship_model(spark: Any, model: str) -> tuple[str, dict[str, Any]]:
+    """Make the model file available on every executor: its name for ``SparkFiles.get``, and its header.
+
+    The name carries a digest of the source, size and mtime, so two models with one file name, or a
+    retrained model at the same path, never meet under one name (SparkFiles names are per application).
+    """
+    uri = _resolve(model)
+    cache = get_settings().path("cache", "lm")
+    if uri.startswith("s3://"):
+        key = hashlib.sha256(uri.encode()).hexdigest()[:16]
+        local = cache / f"{key}-{uri.rsplit('/', 1)[-1]}"
+        if not local.is_file():
+            with Lake.from_settings().fetch(uri) as fetched:
+                shutil.copyfile(fetched, f"{local}.part")
+            os.replace(f"{local}.part", local)
+        source = local
+    else:
+        source = local_path(uri)
+    st = source.stat()
+    digest = hashlib.sha256(f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    name = f"{digest}-{source.name}"
+    shipped = cache / name
+    if not shipped.exists():
+        try:
+            os.link(source, f"{shipped}.part")
+        except OSError:
+            shutil.copyfile(source, f"{shipped}.part")
+        os.replace(f"{shipped}.part", shipped)
+    header = lm.read_header(shipped)
+    spark.sparkContext.addFile(str(shipped))
+    return name, header
+
+
+def limits_for(reference: dict[str, dict[str, float]], params: PerplexityFilter.Params) -> dict[str, float]:
+    """The perplexity limit of every language that has one (see the module docstring)."""
+    out: dict[str, float] = {}
+    absolute = params.max_perplexity
+    for language in lm.LANGUAGES:
+        if isinstance(absolute, dict) and language in absolute:
+            out[language] = float(absolute[language])
+        elif absolute is not None and not isinstance(absolute, dict):
+            out[language] = float(absolute)
+        elif params.reference_factor is not None:
+            ref = reference.get(language, {}).get(params.reference_quantile)
+            if ref is not None:
+                out[language] = params.reference_factor * ref
+    return out
+
+
+def perplexity_udf(model_name: str, limits: dict[str, float], min_chars: int) -> Any:
+    """Arrow UDF ``string -> struct<perplexity, language, limit>`` (perplexity null: too short to score;
+    limit null: the language has none)."""
+
+    def perplexity(text: pa.Array) -> pa.Array:
+        from pyspark import SparkFiles
+
+        model = lm.load(SparkFiles.get(model_name))
+        ppl, language = model.score(text.to_pylist(), min_chars)
+        limit = np.array([limits.get(x, np.nan) for x in language], dtype=np.float64)
+        return pa.StructArray.from_arrays(
+            [
+                pa.array(ppl, pa.float64(), mask=~np.isfinite(ppl)),
+                pa.array(language.tolist(), pa.string()),
+                pa.array(limit, pa.float64(), mask=np.isnan(limit)),
+            ],
+            fields=list(_OUT_FIELDS),
+        )
+
+    perplexity.__annotations__ = {"text": pa.Array, "return": pa.Array}
+    return arrow_udf(_OUT)(perplexity)  # type: ignore[call-overload]
+
+
+_OUT_FIELDS = (
+    pa.field("perplexity", pa.float64()),
+    pa.field("language", pa.string()),
+    pa.field("limit", pa.float64()),
+)
+
+
+@register
+class PerplexityFilter(Operator):
+    """Drop records whose character n-gram perplexity is above their language's limit."""
+
+    name = "perplexity_filter"
+    row_local = True
+
+    @property
+    def fusable(self) -> bool:
+        return False  # an Arrow UDF: runs as a step of its own (see Operator.fusable)
+
+    class Params(OperatorParams):
+        model: str = Field(
+            description="The n-gram model file (forgeflow lm train): a path (relative: from the project "
+            "root), file:// or s3:// URI."
+        )
+        max_perplexity: float | dict[Language, float] | None = Field(
+            default=None,
+            description="Absolute limit for every language, or per language (zh, en, other); languages left "
+            "out of a mapping use the reference limit.",
+        )
+        reference_quantile: Literal["p50", "p90", "p95", "p99"] = Field(
+            default="p99",
+            description="Which perplexity quantile of the model's held-out reference texts the limit scales.",
+        )
+        reference_factor: float | None = Field(
+            default=1.5,
+            gt=0,
+            description="Limit = this x the reference quantile of the record's language (null: no "
+            "reference limits, only max_perplexity).",
+        )
+        min_chars: int = Field(
+            default=50,
+            ge=1,
+            description="Texts with fewer normalised characters are kept unscored (too short to judge).",
+        )
+
+        @field_validator("max_perplexity")
+        @classmethod
+        def _positive(cls, v: Any) -> Any:
+            values = v.values() if isinstance(v, dict) else [] if v is None else [v]
+            if any(x <= 0 for x in values):
+                raise ValueError("perplexity limits must be > 0")
+            return v
+
+        @field_validator("model")
+        @classmethod
+        def _model_exists(cls, v: str) -> str:
+            uri = _resolve(v)
+            if uri.startswith("file://") and not local_path(uri).is_file():
+                raise ValueError(
+                    f"{v!r} not found (looked at {local_path(uri)}); train one with `forgeflow lm train`"
+                )
+            return v
+
+    params: Params
+
+    def annotate(self, df: DataFrame, ctx: OperatorContext) -> DataFrame:
+        name, header = ship_model(df.sparkSession, self.params.model)
+        limits = limits_for(header["reference"], self.params)
+        log.info("perplexity_filter: model %s, limits %s", self.params.model, limits or "none")
+        udf = perplexity_udf(name, limits, self.params.min_chars)
+        out = df.withColumn(_PPL, udf(_joined(df, self.columns(ctx))))
+        m = F.col(_PPL)
+        unscored = m["perplexity"].isNull() | m["limit"].isNull()
+        out = out.withColumns(
+            {
+                KEEP: unscored | (m["perplexity"] <= m["limit"]),
+                NOTE: F.when(
+                    ~unscored & (m["perplexity"] > m["limit"]),
+                    F.concat(
+                        F.lit("perplexity "),
+                        F.format_number(m["perplexity"], 1),
+                        F.lit(" > "),
+                        F.format_number(m["limit"], 1),
+                        F.lit(" ("),
+                        m["language"],
+                        F.lit(")"),
+                    ),
+                ),
+                STAT + "unscored": unscored.cast("long"),
+            }
+        )
+        return out.drop(_PPL)
