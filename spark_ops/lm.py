@@ -54,6 +54,7 @@ FORMAT = "forgeflow-char-kn/1"
 BOS = 2  # U+0002: normalisation turns every control character into a space, so it never occurs in text
 LANGUAGES = ("zh", "en", "other")
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
+CHUNK_CHARS = 1 << 19  # characters scored at once (see CharNGramModel.score)
 _U64 = np.uint64
 _P = 0x100000001B3  # odd, hence invertible mod 2**64
 _P_INV = pow(_P, -1, 2**64)
@@ -300,7 +301,25 @@ class CharNGramModel:
         return np.log(p)
 
     def score(self, texts: Sequence[str | None], min_chars: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """(perplexity per text, NaN where it has fewer than ``min_chars`` normalised characters; language)."""
+        """(perplexity per text, NaN where it has fewer than ``min_chars`` normalised characters; language).
+
+        Texts are scored in slices of about ``CHUNK_CHARS`` characters: the working arrays take some 150
+        bytes per character, so a whole Arrow batch at once would cost gigabytes."""
+        ppl = np.empty(len(texts))
+        language = np.empty(len(texts), dtype=object)
+        sizes = np.fromiter((len(t) if t else 0 for t in texts), dtype=np.int64, count=len(texts))
+        bounds = np.searchsorted(
+            np.cumsum(sizes), np.arange(CHUNK_CHARS, sizes.sum() + CHUNK_CHARS, CHUNK_CHARS)
+        )
+        start = 0
+        for end in [*np.unique(np.minimum(bounds + 1, len(texts))).tolist(), len(texts)]:
+            if end <= start:
+                continue
+            ppl[start:end], language[start:end] = self._score(texts[start:end], min_chars)
+            start = end
+        return ppl, language
+
+    def _score(self, texts: Sequence[str | None], min_chars: int) -> tuple[np.ndarray, np.ndarray]:
         batch = normalise(texts)
         layout = Layout.of(batch, self.order)
         lp = self.log_probs(layout)

@@ -292,3 +292,13 @@ def test_params_errors_name_the_field(tmp_path: Path) -> None:
             1,
             "pretrain",
         )
+
+
+def test_scoring_in_slices_gives_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = lm.train(CORPUS, order=3, holdout_every=0)
+    texts = [*CORPUS, None, "", "公园" * 400, *CORPUS]
+    whole = model.score(texts, 5)
+    monkeypatch.setattr(lm, "CHUNK_CHARS", 37)  # slices end inside and between texts
+    sliced = model.score(texts, 5)
+    np.testing.assert_allclose(sliced[0], whole[0], rtol=1e-12)
+    assert sliced[1].tolist() == whole[1].tolist()
