@@ -283,7 +283,9 @@ def test_params_errors_name_the_field(tmp_path: Path) -> None:
             2,
             "pretrain",
         )
-    with pytest.raises(OperatorError, match=r"(?s)operators\[1\] \(perplexity_filter\).*params.max_perplexity: .*must be > 0"):
+    with pytest.raises(
+        OperatorError, match=r"(?s)operators\[1\] \(perplexity_filter\).*params.max_perplexity: .*must be > 0"
+    ):
         PerplexityFilter.from_step(
             OperatorStep(
                 name="perplexity_filter",
