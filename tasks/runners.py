@@ -11,6 +11,7 @@ Kubernetes runner (a PyTorchJob, tasks/k8s_training.py).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -420,7 +421,6 @@ def engine_pod_operator(
     ``forgeflow-env`` so they never sit in the DAG. ``processes`` > 1 (a training spec's
     ``distributed.processes``, one per GPU) runs ``torchrun --standalone --nproc_per_node N`` in the pod.
     """
-    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k8s
 
     s = get_settings()
@@ -435,7 +435,7 @@ def engine_pod_operator(
     else:
         cmds = ["python", "-m", engine]
     volumes, mounts = pod_volumes(r)
-    return KubernetesPodOperator(
+    return engine_pod_class()(
         task_id=task_id,
         name=f"forgeflow-{engine.replace('.', '-').replace('_', '-')}",
         namespace=s.k8s_namespace,
@@ -459,6 +459,64 @@ def engine_pod_operator(
         startup_timeout_seconds=600,
         **kwargs,
     )
+
+
+POD_LOG_LINES = 20_000  # of a failed pod's log, scanned for known failures
+
+
+@functools.cache
+def engine_pod_class() -> type[KubernetesPodOperator]:
+    """KubernetesPodOperator whose failure message carries the diagnosis of the pod's log (built lazily: the
+    provider is a heavy import)."""
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from airflow.providers.common.compat.sdk import AirflowException, AirflowSkipException
+
+    class EnginePodOperator(KubernetesPodOperator):
+        """Runs an engine in a pod; when the pod fails, its log is scanned for known failures (OOM, NaN, NCCL
+        timeout, missing checkpoint, ...) and the findings -- line, text, remedy -- join the task's error,
+        as with the local runner."""
+
+        def cleanup(self, pod, remote_pod, xcom_result=None, context=None):
+            try:
+                return super().cleanup(pod, remote_pod, xcom_result, context)
+            except AirflowSkipException:
+                raise
+            except AirflowException as e:
+                diagnosis = self.diagnose(pod, remote_pod)
+                if not diagnosis:
+                    raise
+                raise AirflowException(
+                    f"{e}\n--- diagnosis (line numbers count the pod's log) ---\n{diagnosis}"
+                ) from e
+
+        def diagnose(self, pod, remote_pod) -> str:
+            """The findings in the failed pod's log ('' when none, or when the log cannot be read)."""
+            scanner = LogScanner()
+            try:
+                for raw in self.pod_manager.read_pod_logs(
+                    pod, self.base_container_name, tail_lines=POD_LOG_LINES, follow=False
+                ):
+                    scanner.feed(
+                        raw.decode("utf-8", "replace").rstrip("\n") if isinstance(raw, bytes) else raw
+                    )
+            except Exception as e:  # the pod may be gone already: the error itself still stands
+                self.log.warning("could not read the log of pod %s for diagnosis: %s", pod.metadata.name, e)
+                return ""
+            findings = scanner.findings(_exit_code(remote_pod, self.base_container_name))
+            if findings:
+                self.log.error("diagnosis of the pod log:\n%s", format_findings(findings))
+            return format_findings(findings) if findings else ""
+
+    return EnginePodOperator
+
+
+def _exit_code(remote_pod: Any, container: str) -> int | None:
+    statuses = getattr(getattr(remote_pod, "status", None), "container_statuses", None) or []
+    for status in statuses:
+        terminated = getattr(getattr(status, "state", None), "terminated", None)
+        if status.name == container and terminated is not None:
+            return terminated.exit_code
+    return None
 
 
 def render_pod(op: KubernetesPodOperator) -> dict[str, Any]:

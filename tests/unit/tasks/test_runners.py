@@ -143,7 +143,9 @@ def test_pod_renders_to_a_valid_kubernetes_manifest(ff_home):
         node_selector={"nvidia.com/gpu.product": "H100"},
         tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
     )
-    op = engine_pod_operator("train", "trainers.train", "s3://lake/runs/r/trainers-train/spec.json", resources)
+    op = engine_pod_operator(
+        "train", "trainers.train", "s3://lake/runs/r/trainers-train/spec.json", resources
+    )
     pod = render_pod(op)
     kubernetes_validate.validate(pod, "1.30", strict=True)
     c = pod["spec"]["containers"][0]
@@ -164,3 +166,78 @@ def test_invalid_manifest_is_caught_by_the_schema(ff_home):
     pod["spec"]["containers"][0]["resources"]["limits"]["cpu"] = {"bad": 1}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(pod, "1.30", strict=True)
+
+
+class _FakePodManager:
+    def __init__(self, lines: list[bytes] | Exception):
+        self.lines = lines
+        self.asked: list[tuple] = []
+        self.remote = None
+
+    def read_pod_logs(self, pod, container_name, tail_lines=None, follow=True, **kwargs):
+        self.asked.append((pod.metadata.name, container_name, tail_lines, follow))
+        if isinstance(self.lines, Exception):
+            raise self.lines
+        return iter(self.lines)
+
+    def read_pod(self, pod):  # the operator logs container states and events of a failed pod
+        return self.remote
+
+    def read_pod_events(self, pod):
+        return type("Events", (), {"items": []})()
+
+
+def _failed_pod_operator(ff_home, lines, exit_code=1):
+    from kubernetes.client import models as k8s
+
+    op = engine_pod_operator("train", "trainers.train", "s3://lake/runs/r/trainers-train/spec.json")
+    manager = _FakePodManager(lines)
+    op.__dict__["pod_manager"] = manager  # a cached_property on KubernetesPodOperator
+    op.patch_already_checked = lambda *a, **k: None  # no cluster here
+    op.process_pod_deletion = lambda *a, **k: False
+    pod = k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name="forgeflow-trainers-train-abc", namespace="ml"),
+        spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="base")]),
+    )
+    status = k8s.V1ContainerStatus(
+        name="base",
+        image="forgeflow",
+        image_id="",
+        ready=False,
+        restart_count=0,
+        state=k8s.V1ContainerState(terminated=k8s.V1ContainerStateTerminated(exit_code=exit_code)),
+    )
+    remote = k8s.V1Pod(
+        metadata=pod.metadata,
+        spec=pod.spec,
+        status=k8s.V1PodStatus(phase="Failed", container_statuses=[status]),
+    )
+    manager.remote = remote
+    return op, manager, pod, remote
+
+
+def test_failed_pod_error_carries_the_log_diagnosis(ff_home):
+    from airflow.providers.common.compat.sdk import AirflowException
+
+    lines = [
+        b"step 10 loss 2.31\n",
+        b"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 22.00 MiB. GPU 0 has a total capacity\n",
+    ]
+    op, manager, pod, remote = _failed_pod_operator(ff_home, lines)
+    with pytest.raises(AirflowException) as err:
+        op.cleanup(pod, remote)
+    message = str(err.value)
+    assert message.startswith("Pod forgeflow-trainers-train-abc returned a failure.")
+    assert "--- diagnosis (line numbers count the pod's log) ---" in message
+    assert "line 2" in message and "CUDA out of memory" in message and "remedy:" in message
+    assert manager.asked == [("forgeflow-trainers-train-abc", "base", 20_000, False)]
+
+
+def test_failed_pod_without_known_failure_or_log_keeps_the_plain_error(ff_home):
+    from airflow.providers.common.compat.sdk import AirflowException
+
+    for lines in ([b"all fine until now\n"], RuntimeError("pod log is gone")):
+        op, _, pod, remote = _failed_pod_operator(ff_home, lines)
+        with pytest.raises(AirflowException) as err:
+            op.cleanup(pod, remote)
+        assert "diagnosis" not in str(err.value)
