@@ -29,6 +29,7 @@ from airflow.sdk import BaseOperator
 
 from tasks.runners import (
     ENGINE_SECRET,
+    RANK_PREFIX_TEMPLATE,
     EngineFailed,
     PodResources,
     pod_env,
@@ -41,6 +42,8 @@ from tasks.settings import PROJECT_ROOT, get_settings
 from tasks.specs import TrainSpec, slug
 
 log = logging.getLogger("forgeflow.k8s_training")
+# every torchrun line in the pod log names its rank (the local runner does the same)
+RANK_PREFIX_ENV = {"TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": RANK_PREFIX_TEMPLATE}
 
 GROUP, VERSION, PLURAL, KIND = "kubeflow.org", "v1", "pytorchjobs", "PyTorchJob"
 CRD_PATH = PROJECT_ROOT / "include" / "k8s" / "kubeflow.org_pytorchjobs.yaml"
@@ -98,7 +101,7 @@ def pod_template(spec: TrainSpec, spec_uri: str, resources: PodResources, name: 
         image=s.k8s_image,
         command=torchrun_args(spec, name),
         args=[spec_uri],
-        env=[k8s.V1EnvVar(name=k, value=v) for k, v in sorted(pod_env().items())],
+        env=[k8s.V1EnvVar(name=k, value=v) for k, v in sorted((pod_env() | RANK_PREFIX_ENV).items())],
         env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=ENGINE_SECRET, optional=True))],
         resources=pod_resources(resources),
         volume_mounts=mounts,

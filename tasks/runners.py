@@ -442,7 +442,8 @@ def engine_pod_operator(
         image=s.k8s_image,
         cmds=cmds,
         arguments=[spec_uri],
-        env_vars=pod_env(),
+        env_vars=pod_env()
+        | ({"TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": RANK_PREFIX_TEMPLATE} if processes > 1 else {}),
         env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=ENGINE_SECRET, optional=True))],
         container_resources=pod_resources(r),
         node_selector=r.node_selector or None,

@@ -84,6 +84,8 @@ def test_single_node_gpu_pod_runs_torchrun_and_validates(ff_home):
     c = _check_pod_spec(pod["spec"], gpus=8)
     assert c["command"] == ["torchrun", "--standalone", "--nproc_per_node", "8", "-m", "trainers.train"]
     assert c["args"] == [SPEC_URI]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"] == "[rank${rank}]: "  # rank-prefixed pod log
     with pytest.raises(ValueError, match="processes=4 but the pod asks for gpus=8"):
         engine_pod_operator("train", "trainers.train", SPEC_URI, GPU_NODE, processes=4)
 
@@ -121,6 +123,7 @@ def test_pytorchjob_master_and_workers_validate_against_the_crd(ff_home):
             "trainers.train",
         ]
         assert c["args"] == [SPEC_URI]
+        assert {"name": "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE", "value": "[rank${rank}]: "} in c["env"]
     assert yaml.safe_load(to_yaml(job)) == job  # what `kubectl apply -f` would read
 
 
