@@ -12,7 +12,8 @@ Checkpoints land complete in ``<output_uri>/checkpoints/`` as they are saved; ``
 (trainers/checkpoints.py).
 
 Distributed runs (``spec.distributed``: torchrun processes, nodes, DeepSpeed ZeRO) run this same code on
-every rank; only rank 0 talks to MLflow, saves, registers and reports (trainers/distributed.py).
+every rank; only rank 0 talks to MLflow, saves the model, registers and reports (trainers/distributed.py),
+while every node publishes its part of each checkpoint.
 
 A rerun with the same ``run_key`` returns the finished run's result instead of training again, so a
 retried Airflow task never registers a second model version.
