@@ -30,7 +30,9 @@ the engine stops at once.
 
 MLflow. A resumed run is a new MLflow run tagged with the run and checkpoint it resumed from. In the
 continue modes Trainer steps go on from the checkpoint's step and the earlier run's metric history up
-to that step is copied in, so the new run shows one continuous loss curve.
+to that step is copied in, so the new run shows one continuous loss curve; and the earlier run, when
+MLflow still shows it RUNNING (a SIGKILL, OOM kill or lost node never ends a run), is set KILLED and
+tagged ``forgeflow.ended_by`` with the run that took over. A run that ended is left as it is.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ RESUME_MODE_TAG = "forgeflow.resume_mode"
 RESUME_STEP_TAG = "forgeflow.resume_step"
 SKIP_SAMPLES_TAG = "forgeflow.skip_samples"
 STOPPED_TAG = "forgeflow.stopped"
+ENDED_BY_TAG = "forgeflow.ended_by"
 # What decides the model's shape and the order of the data: a 'continue' must match the checkpoint here.
 CONTINUE_FIELDS = (
     "method",
@@ -778,3 +781,32 @@ def copy_metric_history(client: Any, resume: Resume | None, run_id: str) -> int:
         )
         return 0
     return len(points)
+
+
+def end_interrupted_run(client: Any, resume: Resume | None, run_id: str) -> str | None:
+    """Continue modes: the run that wrote the checkpoint, if MLflow still shows it RUNNING (it was killed
+    without ending its run), is set KILLED and tagged with the run that took over; returns its id. A run
+    that ended (FINISHED, FAILED, KILLED) is left alone, and so is the source of a weights_only start (a
+    new training, which may begin from a checkpoint of a run that is still going). A failure only warns."""
+    if resume is None or not resume.continues or not resume.meta.get("mlflow_run_id"):
+        return None
+    source = resume.meta["mlflow_run_id"]
+    if source == run_id:
+        return None
+    try:
+        status = client.get_run(source).info.status
+        if status != "RUNNING":
+            return None
+        client.set_tag(source, ENDED_BY_TAG, f"resumed by {run_id}")
+        client.set_terminated(source, "KILLED")
+    except Exception as e:
+        log.warning("could not end MLflow run %s (left as it was): %s", source, e)
+        return None
+    log.warning(
+        "MLflow run %s, which wrote %s, was still RUNNING (its process was killed): set KILLED, "
+        "resumed by run %s",
+        source,
+        resume.ref.uri,
+        run_id,
+    )
+    return source

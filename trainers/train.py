@@ -255,6 +255,7 @@ def run(spec: TrainSpec) -> dict[str, Any]:
         run_id = active.info.run_id if main else None
         if main:
             ckpt.copy_metric_history(c, resume, run_id)
+            ckpt.end_interrupted_run(c, resume, run_id)  # a SIGKILL left it RUNNING
         world_size = distributed.world().world_size  # each optimizer step takes a batch from every rank
         steps_per_epoch = math.ceil(
             len(data.train) / (hp.batch_size * hp.gradient_accumulation_steps * world_size)

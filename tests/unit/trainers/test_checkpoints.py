@@ -1,6 +1,6 @@
 """The pure parts of trainers/checkpoints.py: listing, resolution, retention, publishing (one process, and
-several ranks on simulated nodes), resume checks, the skipped sample stream, stop requests, and the
-'stopped' result contract."""
+several ranks on simulated nodes), resume checks, the skipped sample stream, stop requests, the
+'stopped' result contract, and ending the MLflow run a kill left RUNNING."""
 
 from __future__ import annotations
 
@@ -372,3 +372,51 @@ def test_engine_main_writes_a_stopped_result(tmp_path, monkeypatch):
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["status"] == "stopped" and result["steps"] == 3 and "checkpoint c" in result["error"]
     get_settings.cache_clear()
+
+
+# ---------------------------------------------------------------- the MLflow run a kill left RUNNING
+
+
+class FakeMlflowClient:
+    """The three MlflowClient calls end_interrupted_run makes, over a dict of run statuses."""
+
+    def __init__(self, statuses: dict[str, str]):
+        self.statuses = dict(statuses)
+        self.tags: dict[str, dict[str, str]] = {}
+
+    def get_run(self, run_id: str):
+        if run_id not in self.statuses:
+            raise RuntimeError(f"Run '{run_id}' not found")
+        return SimpleNamespace(info=SimpleNamespace(status=self.statuses[run_id]))
+
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        self.tags.setdefault(run_id, {})[key] = value
+
+    def set_terminated(self, run_id: str, status: str) -> None:
+        self.statuses[run_id] = status
+
+
+@pytest.mark.parametrize("status", ["RUNNING", "FINISHED", "FAILED", "KILLED"])
+@pytest.mark.parametrize("mode", ["continue", "continue_skip", "weights_only"])
+def test_only_a_running_run_that_a_continue_takes_over_is_ended(tmp_path, status, mode):
+    client = FakeMlflowClient({"old": status})
+    ref = ck.CheckpointRef("file:///c/checkpoint-9", 9, True)
+    resume = ck.Resume(ref, mode, tmp_path, {"mlflow_run_id": "old"}, 3 if mode == "continue_skip" else 0)
+    ended = ck.end_interrupted_run(client, resume, "new")
+    if status == "RUNNING" and mode != "weights_only":
+        assert ended == "old" and client.statuses["old"] == "KILLED"
+        assert client.tags == {"old": {ck.ENDED_BY_TAG: "resumed by new"}}
+    else:
+        assert ended is None and client.statuses["old"] == status and client.tags == {}
+
+
+def test_ending_an_interrupted_run_tolerates_a_missing_one(tmp_path, caplog):
+    ref = ck.CheckpointRef("file:///c/checkpoint-9", 9, True)
+    client = FakeMlflowClient({})
+    assert (
+        ck.end_interrupted_run(client, ck.Resume(ref, "continue", tmp_path, {"mlflow_run_id": "gone"}), "new")
+        is None
+    )
+    assert "could not end MLflow run gone" in caplog.text
+    assert ck.end_interrupted_run(client, ck.Resume(ref, "continue", tmp_path, {}), "new") is None
+    assert ck.end_interrupted_run(client, None, "new") is None
