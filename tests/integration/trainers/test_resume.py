@@ -2,9 +2,10 @@
 
 One uninterrupted reference run (a checkpoint every 3 of 14 steps, two passes over 32 blocks) is the
 yardstick: a run SIGKILLed after its checkpoint at step 9 and continued from 'latest' must reproduce its
-per-step losses and final weights, and the killed run's MLflow run ends KILLED; a SIGTERM stops a run
-with a checkpoint and a 'stopped' result; continue_skip leaves out exactly the skipped samples;
-weights_only starts a new schedule from the checkpoint's weights (full model and LoRA adapter).
+per-step losses and final weights, and the killed run's MLflow run ends KILLED; so must two ranks under
+torchrun (gloo), killed and continued with two ranks; a SIGTERM stops a run with a checkpoint and a
+'stopped' result; continue_skip leaves out exactly the skipped samples; weights_only starts a new
+schedule from the checkpoint's weights (full model and LoRA adapter).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.specs import ResumeSpec, TrainSpec, default_hyperparams
+from tasks.specs import DistributedConfig, ResumeSpec, TrainSpec, default_hyperparams
 
 pytestmark = pytest.mark.slow
 
@@ -239,6 +240,63 @@ def test_sigkill_then_continue_matches_the_uninterrupted_run(forgeflow_home, ref
     # the killed run no longer shows as running: the resume ended it and says so
     killed = client().get_run(killed_run)
     assert killed.info.status == "KILLED" and killed.info.end_time is not None
+    assert killed.data.tags[ENDED_BY_TAG] == f"resumed by {r['mlflow_run_id']}"
+
+
+TWO_RANK_STEPS = 9
+
+
+def test_two_ranks_sigkilled_then_continued_with_two_ranks_match_the_uninterrupted_run(
+    forgeflow_home, tmp_path
+):
+    """torchrun, 2 processes (gloo), through the real runner: an uninterrupted run, and one SIGKILLed
+    (every process) at step 8 after its complete checkpoint at 6, then continued from 'latest' with 2
+    ranks.
+
+    Losses must match the uninterrupted run step by step, with the single-process test's tolerance: with
+    two ranks each all-reduced value is a sum of two addends, which IEEE addition gives bit-identically
+    in either order, so gloo adds no nondeterminism; the checkpoint restores weights, AdamW state,
+    schedule, both ranks' RNG states (rng_state_0/1.pth) and the data position. Here the losses and
+    final weights come out bit-identical; the tolerance only leaves room for float32 round-off of CPU
+    kernels that may differ between machines, and is far below a step's change in loss (~0.02-0.2).
+    """
+    from tasks.registry import client
+    from tasks.runners import LocalRunner, prepare
+    from trainers.checkpoints import ENDED_BY_TAG
+
+    def run_two(spec: TrainSpec) -> dict:
+        return LocalRunner().run("trainers.train", prepare(spec, "trainers.train"))
+
+    two = {"distributed": DistributedConfig(processes=2), "hp": {"max_steps": TWO_RANK_STEPS}}
+    reference = run_two(_spec(forgeflow_home, "two-ranks-reference", **two))
+    assert reference["steps"] == TWO_RANK_STEPS and reference["distributed"]["world_size"] == 2
+
+    spec = _spec(forgeflow_home, "two-ranks", register_as="two-ranks", **two)
+    proc, _ = _start_gated(spec, gate_step=8, workdir=tmp_path, processes=2)
+    _kill(proc, tmp_path)
+    out = forgeflow_home / "lake" / "models" / "two-ranks"
+    assert _complete(spec) == [(3, True), (6, True)] and not (out / "model").exists()
+    checkpoint = out / "checkpoints" / "checkpoint-6"
+    assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in checkpoint.iterdir()}
+    killed_run = json.loads((checkpoint / "forgeflow_checkpoint.json").read_text())["mlflow_run_id"]
+    assert json.loads((checkpoint / "forgeflow_checkpoint.json").read_text())["world_size"] == 2
+    c = client()
+    assert c.get_run(killed_run).info.status == "RUNNING"
+
+    r = run_two(
+        spec.model_copy(update={"run_key": "two-ranks-resumed", "resume": ResumeSpec(from_uri="latest")})
+    )
+    assert r["steps"] == TWO_RANK_STEPS and r["distributed"]["world_size"] == 2
+    assert r["model_version"] == "1" and len(c.search_model_versions("name='two-ranks'")) == 1
+    assert _complete(spec) == [(3, True), (6, True), (9, True)]  # save_total_limit None: all
+    ref_losses, losses = _losses(reference["mlflow_run_id"]), _losses(r["mlflow_run_id"])
+    assert sorted(losses) == sorted(ref_losses) == list(range(1, TWO_RANK_STEPS + 1))  # no gap, no repeat
+    for step in range(1, TWO_RANK_STEPS + 1):  # 1..6 copied from the killed run, 7..9 trained after resume
+        assert losses[step] == pytest.approx(ref_losses[step], rel=1e-4, abs=1e-5), step
+    ref_model = forgeflow_home / "lake" / "models" / "two-ranks-reference" / "model"
+    assert _max_diff(_weights(ref_model), _weights(out / "model")) < 1e-4
+    killed = c.get_run(killed_run)
+    assert killed.info.status == "KILLED"
     assert killed.data.tags[ENDED_BY_TAG] == f"resumed by {r['mlflow_run_id']}"
 
 
