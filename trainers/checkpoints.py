@@ -7,6 +7,16 @@ this: on S3 it uploads when the run ends, which a SIGKILL never reaches. After e
 the newest ``save_total_limit`` complete checkpoints (None: all) and drops the rest of the directory:
 interrupted saves, and checkpoints past the current step (a timeline this run has replaced).
 
+Several ranks. A checkpoint is spread over the ranks' files (``rng_state_<rank>.pth``; under ZeRO each
+rank's ``global_step<N>/*_optim_states.pt``) and, on several nodes, over their scratch disks. Every rank
+takes part in ``on_save`` at the same step: world rank 0 removes a leftover at the checkpoint's URI;
+barrier (every rank has also finished writing: the Trainer does not wait); each node's local rank 0
+uploads the files its node wrote, merging file by file into the one URI (each file lands whole, so two
+nodes sharing one scratch filesystem upload the same file twice harmlessly); barrier; world rank 0 writes
+``.complete``, listing every file now in the lake, and applies retention; barrier, so no rank goes on
+before the marker exists. One process: the same steps, without the waits. The Trainer rotates scratch
+checkpoints on rank 0 only, so the local rank 0 of every other node keeps its own to the same limit.
+
 Resuming (``TrainSpec.resume``): ``weights_only`` starts a new training from the checkpoint's weights (a
 LoRA checkpoint: its adapter); ``continue`` hands the checkpoint to ``Trainer.train(resume_from_checkpoint)``
 (weights, optimizer, scheduler, RNG, data position); ``continue_skip`` continues and also drops the next
@@ -20,7 +30,9 @@ the engine stops at once.
 
 MLflow. A resumed run is a new MLflow run tagged with the run and checkpoint it resumed from. In the
 continue modes Trainer steps go on from the checkpoint's step and the earlier run's metric history up
-to that step is copied in, so the new run shows one continuous loss curve.
+to that step is copied in, so the new run shows one continuous loss curve; and the earlier run, when
+MLflow still shows it RUNNING (a SIGKILL, OOM kill or lost node never ends a run), is set KILLED and
+tagged ``forgeflow.ended_by`` with the run that took over. A run that ended is left as it is.
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -45,6 +58,7 @@ from tasks.engine import EngineStopped
 from tasks.settings import get_settings
 from tasks.specs import slug
 from tasks.storage import Lake, local_path, to_uri
+from trainers import distributed
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
@@ -65,6 +79,7 @@ RESUME_MODE_TAG = "forgeflow.resume_mode"
 RESUME_STEP_TAG = "forgeflow.resume_step"
 SKIP_SAMPLES_TAG = "forgeflow.skip_samples"
 STOPPED_TAG = "forgeflow.stopped"
+ENDED_BY_TAG = "forgeflow.ended_by"
 # What decides the model's shape and the order of the data: a 'continue' must match the checkpoint here.
 CONTINUE_FIELDS = (
     "method",
@@ -175,17 +190,53 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def publish_checkpoint(lake: Lake, local_dir: Path, uri: str) -> None:
-    """Copy a finished local checkpoint to ``uri`` and mark it complete, the marker strictly last."""
-    lake.delete(uri)  # a leftover of an interrupted save or of a replaced timeline
+def upload_checkpoint_files(lake: Lake, local_dir: Path, uri: str) -> None:
+    """Add the files of ``local_dir`` to the checkpoint at ``uri``, keeping what other nodes put there.
+    Each file lands whole (S3: one PUT; file://: linked or copied to a temporary name, then renamed), so
+    an upload of the same file by two nodes that share a scratch filesystem is harmless."""
     if uri.startswith("s3://"):
         lake.put_dir(local_dir, uri)
-    else:
-        dst = local_path(uri)
+        return
+    dst_root = local_path(uri)
+    for src in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+        dst = dst_root / src.relative_to(local_dir)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(local_dir, dst, copy_function=_link_or_copy)
-    files = sorted(p.relative_to(local_dir).as_posix() for p in local_dir.rglob("*") if p.is_file())
+        part = dst.with_name(f".{dst.name}.{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}.part")
+        part.unlink(missing_ok=True)
+        _link_or_copy(str(src), str(part))
+        os.replace(part, dst)
+        part.unlink(missing_ok=True)  # still there when dst already was this file (another node linked it)
+
+
+def checkpoint_files(lake: Lake, uri: str) -> list[str]:
+    """The files under the checkpoint at ``uri`` (paths relative to it), but its marker."""
+    if uri.startswith("s3://"):
+        files = [u[len(uri.rstrip("/")) + 1 :] for u in lake.list(uri)]
+    else:
+        root = local_path(uri)
+        files = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+    return sorted(f for f in files if f != COMPLETE_MARKER)
+
+
+def publish_checkpoint(
+    lake: Lake, local_dir: Path, uri: str, *, first: bool = True, uploads: bool = True
+) -> list[str]:
+    """Publish a finished checkpoint to ``uri`` and mark it complete, the marker strictly last.
+
+    Every rank calls this at the same step (the barriers are no-ops in one process): ``first`` (world
+    rank 0) clears the URI and writes the marker, ``uploads`` (each node's local rank 0) adds its node's
+    files. Returns the files the marker lists (rank 0; [] elsewhere)."""
+    if first:
+        lake.delete(uri)  # a leftover of an interrupted save or of a replaced timeline
+    distributed.barrier()  # ... gone before anyone uploads; and every rank has written its files
+    if uploads:
+        upload_checkpoint_files(lake, local_dir, uri)
+    distributed.barrier()  # every node's files are in
+    if not first:
+        return []
+    files = checkpoint_files(lake, uri)
     lake.write_json(f"{uri}/{COMPLETE_MARKER}", {"files": files, "completed_at": time.time()})
+    return files
 
 
 def retention(refs: list[CheckpointRef], current: int, keep: int | None) -> list[CheckpointRef]:
@@ -203,6 +254,18 @@ def prune_checkpoints(lake: Lake, output_uri: str, current: int, keep: int | Non
     for r in doomed:
         lake.delete(r.uri)
     return [r.uri for r in doomed]
+
+
+def rotate_node_scratch(output_dir: Path, keep: int | None) -> None:
+    """Keep the newest ``keep`` checkpoints in a node's scratch (the Trainer rotates only rank 0's).
+    On a scratch shared with rank 0 these are the ones the Trainer removes anyway."""
+    if keep is None:
+        return
+    found = sorted(
+        (int(m[1]), p) for p in output_dir.glob("checkpoint-*") if (m := CHECKPOINT_RE.match(p.name))
+    )
+    for _, path in found[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def scratch_dir(spec: TrainSpec) -> Path:
@@ -607,27 +670,33 @@ class CheckpointCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         step = state.global_step
-        if not state.is_world_process_zero or any(r.step == step for r in self.saved):
+        if any(r.step == step for r in self.saved):  # every rank keeps the list, so all skip together
             return
+        first = state.is_world_process_zero
         local = Path(args.output_dir) / f"checkpoint-{step}"
-        (local / META_FILE).write_text(json.dumps(self._meta(state), ensure_ascii=False, indent=2))
+        if first:
+            (local / META_FILE).write_text(json.dumps(self._meta(state), ensure_ascii=False, indent=2))
         uri = checkpoint_uri(self.spec.output_uri, step)
         started = time.monotonic()
-        publish_checkpoint(self.lake, local, uri)
-        dropped = prune_checkpoints(
-            self.lake, self.spec.output_uri, step, self.spec.hyperparams.save_total_limit
-        )
+        files = publish_checkpoint(self.lake, local, uri, first=first, uploads=state.is_local_process_zero)
+        keep = self.spec.hyperparams.save_total_limit
+        if first:
+            dropped = prune_checkpoints(self.lake, self.spec.output_uri, step, keep)
+            log.info(
+                "checkpoint %s complete: %d files (%.1fs)%s",
+                uri,
+                len(files),
+                time.monotonic() - started,
+                f"; removed {', '.join(dropped)}" if dropped else "",
+            )
+        elif state.is_local_process_zero:
+            rotate_node_scratch(Path(args.output_dir), keep)
+        distributed.barrier()  # no rank goes on (or can be killed) before the marker exists
         self.saved.append(CheckpointRef(uri, step, True))
-        log.info(
-            "checkpoint %s complete (%.1fs)%s",
-            uri,
-            time.monotonic() - started,
-            f"; removed {', '.join(dropped)}" if dropped else "",
-        )
 
     def on_train_end(self, args, state, control, **kwargs):
         self.stop.phase = "finishing"
-        if state.is_world_process_zero:
+        if state.is_local_process_zero:  # each node's scratch
             shutil.rmtree(scratch_dir(self.spec), ignore_errors=True)
 
     def _meta(self, state: Any) -> dict[str, Any]:
@@ -712,3 +781,32 @@ def copy_metric_history(client: Any, resume: Resume | None, run_id: str) -> int:
         )
         return 0
     return len(points)
+
+
+def end_interrupted_run(client: Any, resume: Resume | None, run_id: str) -> str | None:
+    """Continue modes: the run that wrote the checkpoint, if MLflow still shows it RUNNING (it was killed
+    without ending its run), is set KILLED and tagged with the run that took over; returns its id. A run
+    that ended (FINISHED, FAILED, KILLED) is left alone, and so is the source of a weights_only start (a
+    new training, which may begin from a checkpoint of a run that is still going). A failure only warns."""
+    if resume is None or not resume.continues or not resume.meta.get("mlflow_run_id"):
+        return None
+    source = resume.meta["mlflow_run_id"]
+    if source == run_id:
+        return None
+    try:
+        status = client.get_run(source).info.status
+        if status != "RUNNING":
+            return None
+        client.set_tag(source, ENDED_BY_TAG, f"resumed by {run_id}")
+        client.set_terminated(source, "KILLED")
+    except Exception as e:
+        log.warning("could not end MLflow run %s (left as it was): %s", source, e)
+        return None
+    log.warning(
+        "MLflow run %s, which wrote %s, was still RUNNING (its process was killed): set KILLED, "
+        "resumed by run %s",
+        source,
+        resume.ref.uri,
+        run_id,
+    )
+    return source

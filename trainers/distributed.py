@@ -10,7 +10,8 @@ The rules the engine follows:
 - shared state (the MLflow run, registered versions, the saved model, ``result.json``) is written by
   rank 0 only, through :func:`on_main`, whose value *or failure* reaches every rank, so a failure on
   rank 0 fails every process and the launcher reports it;
-- collective steps (training, evaluation, gathering ZeRO-3 weights) run on every rank.
+- collective steps (training, evaluation, gathering ZeRO-3 weights, publishing a checkpoint: each node
+  uploads the files it wrote, see trainers/checkpoints.py) run on every rank.
 
 DeepSpeed on CPU, as DeepSpeed 0.19.8, accelerate 1.15 and transformers 5.23 behave:
 

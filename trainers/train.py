@@ -12,7 +12,8 @@ Checkpoints land complete in ``<output_uri>/checkpoints/`` as they are saved; ``
 (trainers/checkpoints.py).
 
 Distributed runs (``spec.distributed``: torchrun processes, nodes, DeepSpeed ZeRO) run this same code on
-every rank; only rank 0 talks to MLflow, saves, registers and reports (trainers/distributed.py).
+every rank; only rank 0 talks to MLflow, saves the model, registers and reports (trainers/distributed.py),
+while every node publishes its part of each checkpoint.
 
 A rerun with the same ``run_key`` returns the finished run's result instead of training again, so a
 retried Airflow task never registers a second model version.
@@ -254,6 +255,7 @@ def run(spec: TrainSpec) -> dict[str, Any]:
         run_id = active.info.run_id if main else None
         if main:
             ckpt.copy_metric_history(c, resume, run_id)
+            ckpt.end_interrupted_run(c, resume, run_id)  # a SIGKILL left it RUNNING
         world_size = distributed.world().world_size  # each optimizer step takes a batch from every rank
         steps_per_epoch = math.ceil(
             len(data.train) / (hp.batch_size * hp.gradient_accumulation_steps * world_size)

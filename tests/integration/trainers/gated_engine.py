@@ -3,8 +3,9 @@
     python tests/integration/trainers/gated_engine.py SPEC_URI
 
 Test double for "a run that is still going": at the end of step ``FORGEFLOW_TEST_GATE_STEP`` it writes
-``<FORGEFLOW_TEST_GATE_DIR>/parked`` and waits until a stop is requested (SIGTERM) or ten minutes pass,
-then carries on. Everything else is ``python -m trainers.train``.
+``<FORGEFLOW_TEST_GATE_DIR>/parked-<rank>`` (its pid) and waits until a stop is requested (SIGTERM) or
+ten minutes pass, then carries on. Everything else is ``python -m trainers.train``; under torchrun every
+rank parks (``torchrun ... gated_engine.py SPEC_URI``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def main() -> int:
 
     def gated(self, args, state, control, **kwargs):
         if state.global_step == GATE_STEP:
-            (GATE_DIR / "parked").write_text(str(os.getpid()))
+            (GATE_DIR / f"parked-{os.environ.get('RANK', '0')}").write_text(str(os.getpid()))
             deadline = time.monotonic() + 600
             while self.stop.requested is None and time.monotonic() < deadline:
                 time.sleep(0.05)

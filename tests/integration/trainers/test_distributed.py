@@ -1,12 +1,18 @@
 """The training engine distributed, on CPU, through the real runner: torchrun with 2 processes (gloo),
-DeepSpeed ZeRO-2 and ZeRO-3 (1 and 2 processes). The same tiny spec each time; real MLflow (SQLite),
-real file lake, real subprocesses. Each test takes about a minute here (2 cores)."""
+DeepSpeed ZeRO-2 and ZeRO-3 (1 and 2 processes), and ZeRO-3 on two nodes (two torchrun agents on this
+machine, each with a scratch directory of its own) whose checkpoints must hold both nodes' shards. The
+same tiny spec each time; real MLflow (SQLite), real file lake, real subprocesses. Each test takes about
+a minute here (2 cores)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import re
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +26,10 @@ def _lake(home: Path, *parts: str) -> str:
     return (home / "lake").joinpath(*parts).as_uri()
 
 
-def _spec(home: Path, tiny_model, run_key: str, **distributed) -> TrainSpec:
+SAVE_EVERY_3 = {"save_strategy": "steps", "save_steps": 3}  # checkpoints 3 and 6 of 6 steps
+
+
+def _spec(home: Path, tiny_model, run_key: str, hp: dict | None = None, **distributed) -> TrainSpec:
     return TrainSpec(
         run_key=run_key,
         method="sft_full",
@@ -31,7 +40,13 @@ def _spec(home: Path, tiny_model, run_key: str, **distributed) -> TrainSpec:
         experiment=f"dist-{run_key}",
         register_as=run_key,
         hyperparams=default_hyperparams(
-            "sft_full", max_steps=6, batch_size=4, max_seq_length=64, learning_rate=5e-4, logging_steps=2
+            "sft_full",
+            max_steps=6,
+            batch_size=4,
+            max_seq_length=64,
+            learning_rate=5e-4,
+            logging_steps=2,
+            **(hp or {}),
         ),
         distributed=DistributedConfig(**distributed),
     )
@@ -105,14 +120,19 @@ def test_torchrun_two_processes(forgeflow_home, tiny_model, caplog):
     assert any("torch.distributed.run --standalone --nproc_per_node 2" in line for line in lines)
     # each rank's output reaches the task log, prefixed by its rank
     for rank in (0, 1):
-        assert any(line.startswith(f"[rank{rank}]: ") and f"rank {rank}/2 (local {rank}/2), cpu" in line for line in lines)
+        assert any(
+            line.startswith(f"[rank{rank}]: ") and f"rank {rank}/2 (local {rank}/2), cpu" in line
+            for line in lines
+        )
     # rank 1 has no MLflow work: only rank 0 logs the result it wrote
     assert any(line.startswith("[rank0]: ") and "result written to" in line for line in lines)
     assert not any(line.startswith("[rank1]: ") and "result written to" in line for line in lines)
 
     # a retried task: rank 0 finds the finished run and every rank returns it; no second run or version
     again = _run(spec)
-    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in result.items() if k != "seconds"}
+    assert {k: v for k, v in again.items() if k != "seconds"} == {
+        k: v for k, v in result.items() if k != "seconds"
+    }
     _check_one_run(again, spec, forgeflow_home, world_size=2)
 
 
@@ -121,10 +141,88 @@ def test_deepspeed_zero2_one_process(forgeflow_home, tiny_model):
     _check_one_run(_run(spec), spec, forgeflow_home, world_size=1)
 
 
-def test_deepspeed_zero3_two_processes_saves_the_whole_model(forgeflow_home, tiny_model):
-    spec = _spec(forgeflow_home, tiny_model, "zero3-2", deepspeed="zero3", processes=2)
-    _check_one_run(_run(spec), spec, forgeflow_home, world_size=2)
+def _assert_checkpoints_hold_every_rank(home: Path, run_key: str, rank0: list[str], rank1: list[str]) -> None:
+    """Checkpoints 3 and 6 in the lake hold both ranks' files (RNG states, ZeRO shards) and a marker that
+    lists exactly what is there; rank 0 alone marked each one, once (``rank0``/``rank1``: their log lines)."""
+    root = home / "lake" / "models" / run_key / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-3", "checkpoint-6"]
+    for step in (3, 6):
+        d = root / f"checkpoint-{step}"
+        files = sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())
+        assert ".complete" in files
+        files.remove(".complete")
+        assert json.loads((d / ".complete").read_text())["files"] == files
+        for rank in (0, 1):
+            assert f"rng_state_{rank}.pth" in files, (rank, files)
+            shard = rf"global_step{step}/(bf16_)?zero_pp_rank_{rank}_mp_rank_00_optim_states\.pt"
+            assert any(re.fullmatch(shard, f) for f in files), (rank, files)
+        marked = f"{run_key}/checkpoints/checkpoint-{step} complete"
+        assert sum(marked in line for line in rank0) == 1 and not any(marked in line for line in rank1)
+
+
+def test_deepspeed_zero3_two_processes_saves_the_whole_model(forgeflow_home, tiny_model, caplog):
+    spec = _spec(forgeflow_home, tiny_model, "zero3-2", hp=SAVE_EVERY_3, deepspeed="zero3", processes=2)
+    with caplog.at_level(logging.INFO, logger="forgeflow.runner"):
+        result = _run(spec)
+    _check_one_run(result, spec, forgeflow_home, world_size=2)
     _assert_model_logged_whole(forgeflow_home, "zero3-2")
+    lines = [r.getMessage() for r in caplog.records if r.name == "forgeflow.runner"]
+    ranks = [[line for line in lines if line.startswith(f"[rank{rank}]: ")] for rank in (0, 1)]
+    _assert_checkpoints_hold_every_rank(forgeflow_home, "zero3-2", *ranks)
+
+
+def test_deepspeed_zero3_on_two_nodes_publishes_both_nodes_shards(forgeflow_home, tiny_model, tmp_path):
+    """Two nodes as two torchrun agents (static rendezvous on 127.0.0.1, one process each). Node 1 has
+    FORGEFLOW_HOME, and so its scratch, elsewhere, with the same lake and MLflow: its rank's files exist
+    only on its own disk, so they reach the lake only if node 1 uploads them."""
+    from tasks.runners import LocalRunner, prepare, read_result
+    from tasks.settings import PROJECT_ROOT, get_settings
+    from tasks.specs import slug
+
+    spec = _spec(forgeflow_home, tiny_model, "zero3-nodes", hp=SAVE_EVERY_3, deepspeed="zero3", nodes=2)
+    spec_uri = prepare(spec, "trainers.train")
+    s = get_settings()
+    same_stores = {
+        "FORGEFLOW_LAKE_URI": s.lake_uri,
+        "FORGEFLOW_MLFLOW_TRACKING_URI": s.mlflow_tracking_uri,
+        "FORGEFLOW_MLFLOW_ARTIFACT_ROOT": s.mlflow_artifact_root,
+        "FORGEFLOW_CATALOG_URL": s.catalog_url,
+    }
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    homes = [forgeflow_home, tmp_path / "node1"]
+    procs, logs = [], []
+    for node, home in enumerate(homes):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1"]
+        cmd += ["--node_rank", str(node), "--master_addr", "127.0.0.1", "--master_port", str(port)]
+        logs.append(tmp_path / f"node{node}.log")
+        with logs[-1].open("w") as out:
+            procs.append(
+                subprocess.Popen(
+                    [*cmd, "-m", "trainers.train", spec_uri],
+                    cwd=PROJECT_ROOT,
+                    env=LocalRunner().env() | same_stores | {"FORGEFLOW_HOME": str(home)},
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+    try:
+        rcs = [p.wait(timeout=900) for p in procs]  # a bound on a hung run, not a timing assertion
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    texts = [log.read_text() for log in logs]
+    assert rcs == [0, 0], "\n".join(t[-3000:] for t in texts)
+    result = read_result(spec_uri)
+    assert result["steps"] == 6 and result["distributed"]["world_size"] == 2
+    assert result["distributed"]["zero_stage"] == 3 and result["distributed"]["nodes"] == 2
+    _assert_checkpoints_hold_every_rank(forgeflow_home, "zero3-nodes", *(t.splitlines() for t in texts))
+    # node 1 kept its own scratch and removed it at the end
+    node1_scratch = homes[1] / "scratch" / "train" / slug(spec.run_key)
+    assert homes[1].joinpath("scratch").is_dir() and not node1_scratch.exists()
 
 
 def test_every_rank_fails_and_the_error_is_reported(forgeflow_home, tiny_model):

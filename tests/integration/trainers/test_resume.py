@@ -2,13 +2,15 @@
 
 One uninterrupted reference run (a checkpoint every 3 of 14 steps, two passes over 32 blocks) is the
 yardstick: a run SIGKILLed after its checkpoint at step 9 and continued from 'latest' must reproduce its
-per-step losses and final weights; a SIGTERM stops a run with a checkpoint and a 'stopped' result;
-continue_skip leaves out exactly the skipped samples; weights_only starts a new schedule from the
-checkpoint's weights (full model and LoRA adapter).
+per-step losses and final weights, and the killed run's MLflow run ends KILLED; so must two ranks under
+torchrun (gloo), killed and continued with two ranks; a SIGTERM stops a run with a checkpoint and a
+'stopped' result; continue_skip leaves out exactly the skipped samples; weights_only starts a new
+schedule from the checkpoint's weights (full model and LoRA adapter).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.specs import ResumeSpec, TrainSpec, default_hyperparams
+from tasks.specs import DistributedConfig, ResumeSpec, TrainSpec, default_hyperparams
 
 pytestmark = pytest.mark.slow
 
@@ -149,8 +151,11 @@ def reference(forgeflow_home):
     return {"spec": spec, "result": result, "losses": losses, "order": order, "blocks": blocks}
 
 
-def _start_gated(spec: TrainSpec, gate_step: int, workdir: Path) -> tuple[subprocess.Popen, Path]:
-    """The engine as LocalRunner starts it (own process group, its env), parked at ``gate_step``."""
+def _start_gated(
+    spec: TrainSpec, gate_step: int, workdir: Path, processes: int = 1
+) -> tuple[subprocess.Popen, Path]:
+    """The engine as LocalRunner starts it (own process group, its env; torchrun for several processes),
+    every rank parked at ``gate_step``."""
     from tasks.runners import LocalRunner
     from tasks.settings import PROJECT_ROOT
 
@@ -159,38 +164,62 @@ def _start_gated(spec: TrainSpec, gate_step: int, workdir: Path) -> tuple[subpro
         "FORGEFLOW_TEST_GATE_STEP": str(gate_step),
         "FORGEFLOW_TEST_GATE_DIR": str(workdir),
     }
+    cmd = [sys.executable, str(GATE), _write(spec)]
+    if processes > 1:
+        cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     log_path = workdir / "engine.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [sys.executable, str(GATE), _write(spec)],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            cmd, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     deadline = time.monotonic() + 300  # a bound on a hung engine, not a timing assertion
-    while not (workdir / "parked").exists():
+    while not all((workdir / f"parked-{rank}").exists() for rank in range(processes)):
         if proc.poll() is not None or time.monotonic() > deadline:
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+                _kill(proc, workdir)
             pytest.fail(f"engine did not reach step {gate_step}:\n{log_path.read_text()[-4000:]}")
         time.sleep(0.05)
     return proc, log_path
 
 
+def _alive(pid: int) -> bool:
+    try:
+        state = next(
+            line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("State:")
+        )
+    except FileNotFoundError:
+        return False
+    return "zombie" not in state
+
+
+def _kill(proc: subprocess.Popen, workdir: Path) -> None:
+    """SIGKILL the engine's process group and every parked rank's: torchrun starts each rank in a
+    session of its own, which the launcher's group does not reach (a lost machine takes them all)."""
+    ranks = [int(p.read_text()) for p in workdir.glob("parked-*")]
+    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in ranks:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    deadline = time.monotonic() + 60  # a bound, not a timing assertion
+    while any(_alive(pid) for pid in ranks if pid != proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in ranks if pid != proc.pid), ranks
+
+
 def test_sigkill_then_continue_matches_the_uninterrupted_run(forgeflow_home, reference, tmp_path):
     from tasks.registry import client
-    from trainers.checkpoints import RESUMED_FROM_CHECKPOINT_TAG, RESUMED_FROM_RUN_TAG
+    from trainers.checkpoints import ENDED_BY_TAG, RESUMED_FROM_CHECKPOINT_TAG, RESUMED_FROM_RUN_TAG
 
     spec = _spec(forgeflow_home, "killed", hp={"save_total_limit": 2})
     proc, log_path = _start_gated(spec, gate_step=11, workdir=tmp_path)  # steps 10 and 11 are not saved
-    os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
+    _kill(proc, tmp_path)
     out = forgeflow_home / "lake" / "models" / "killed"
     assert _complete(spec) == [(6, True), (9, True)]  # keep 2, in the lake too
     assert not (out / "model").exists()
     killed_meta = json.loads((out / "checkpoints" / "checkpoint-9" / "forgeflow_checkpoint.json").read_text())
+    killed_run = killed_meta["mlflow_run_id"]
+    assert client().get_run(killed_run).info.status == "RUNNING"  # nothing ended it
 
     resumed = spec.model_copy(update={"run_key": "killed-resumed", "resume": ResumeSpec(from_uri="latest")})
     r = _run(resumed)
@@ -206,8 +235,69 @@ def test_sigkill_then_continue_matches_the_uninterrupted_run(forgeflow_home, ref
     assert _max_diff(_weights(ref_out / "model"), _weights(out / "model")) < 1e-4
 
     tags = client().get_run(r["mlflow_run_id"]).data.tags
-    assert tags[RESUMED_FROM_RUN_TAG] == killed_meta["mlflow_run_id"] != r["mlflow_run_id"]
+    assert tags[RESUMED_FROM_RUN_TAG] == killed_run != r["mlflow_run_id"]
     assert tags[RESUMED_FROM_CHECKPOINT_TAG].endswith("/killed/checkpoints/checkpoint-9")
+    # the killed run no longer shows as running: the resume ended it and says so
+    killed = client().get_run(killed_run)
+    assert killed.info.status == "KILLED" and killed.info.end_time is not None
+    assert killed.data.tags[ENDED_BY_TAG] == f"resumed by {r['mlflow_run_id']}"
+
+
+TWO_RANK_STEPS = 9
+
+
+def test_two_ranks_sigkilled_then_continued_with_two_ranks_match_the_uninterrupted_run(
+    forgeflow_home, tmp_path
+):
+    """torchrun, 2 processes (gloo), through the real runner: an uninterrupted run, and one SIGKILLed
+    (every process) at step 8 after its complete checkpoint at 6, then continued from 'latest' with 2
+    ranks.
+
+    Losses must match the uninterrupted run step by step, with the single-process test's tolerance: with
+    two ranks each all-reduced value is a sum of two addends, which IEEE addition gives bit-identically
+    in either order, so gloo adds no nondeterminism; the checkpoint restores weights, AdamW state,
+    schedule, both ranks' RNG states (rng_state_0/1.pth) and the data position. Here the losses and
+    final weights come out bit-identical; the tolerance only leaves room for float32 round-off of CPU
+    kernels that may differ between machines, and is far below a step's change in loss (~0.02-0.2).
+    """
+    from tasks.registry import client
+    from tasks.runners import LocalRunner, prepare
+    from trainers.checkpoints import ENDED_BY_TAG
+
+    def run_two(spec: TrainSpec) -> dict:
+        return LocalRunner().run("trainers.train", prepare(spec, "trainers.train"))
+
+    two = {"distributed": DistributedConfig(processes=2), "hp": {"max_steps": TWO_RANK_STEPS}}
+    reference = run_two(_spec(forgeflow_home, "two-ranks-reference", **two))
+    assert reference["steps"] == TWO_RANK_STEPS and reference["distributed"]["world_size"] == 2
+
+    spec = _spec(forgeflow_home, "two-ranks", register_as="two-ranks", **two)
+    proc, _ = _start_gated(spec, gate_step=8, workdir=tmp_path, processes=2)
+    _kill(proc, tmp_path)
+    out = forgeflow_home / "lake" / "models" / "two-ranks"
+    assert _complete(spec) == [(3, True), (6, True)] and not (out / "model").exists()
+    checkpoint = out / "checkpoints" / "checkpoint-6"
+    assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in checkpoint.iterdir()}
+    killed_run = json.loads((checkpoint / "forgeflow_checkpoint.json").read_text())["mlflow_run_id"]
+    assert json.loads((checkpoint / "forgeflow_checkpoint.json").read_text())["world_size"] == 2
+    c = client()
+    assert c.get_run(killed_run).info.status == "RUNNING"
+
+    r = run_two(
+        spec.model_copy(update={"run_key": "two-ranks-resumed", "resume": ResumeSpec(from_uri="latest")})
+    )
+    assert r["steps"] == TWO_RANK_STEPS and r["distributed"]["world_size"] == 2
+    assert r["model_version"] == "1" and len(c.search_model_versions("name='two-ranks'")) == 1
+    assert _complete(spec) == [(3, True), (6, True), (9, True)]  # save_total_limit None: all
+    ref_losses, losses = _losses(reference["mlflow_run_id"]), _losses(r["mlflow_run_id"])
+    assert sorted(losses) == sorted(ref_losses) == list(range(1, TWO_RANK_STEPS + 1))  # no gap, no repeat
+    for step in range(1, TWO_RANK_STEPS + 1):  # 1..6 copied from the killed run, 7..9 trained after resume
+        assert losses[step] == pytest.approx(ref_losses[step], rel=1e-4, abs=1e-5), step
+    ref_model = forgeflow_home / "lake" / "models" / "two-ranks-reference" / "model"
+    assert _max_diff(_weights(ref_model), _weights(out / "model")) < 1e-4
+    killed = c.get_run(killed_run)
+    assert killed.info.status == "KILLED"
+    assert killed.data.tags[ENDED_BY_TAG] == f"resumed by {r['mlflow_run_id']}"
 
 
 def test_sigterm_stops_at_a_step_with_a_checkpoint_and_registers_nothing(
@@ -251,6 +341,7 @@ def test_sigterm_stops_at_a_step_with_a_checkpoint_and_registers_nothing(
 
     r = _run(spec.model_copy(update={"run_key": "stopped-resumed", "resume": ResumeSpec(from_uri="latest")}))
     assert r["steps"] == STEPS and r["model_version"] == "1"
+    assert checkpoints.ENDED_BY_TAG not in c.get_run(result["mlflow_run_id"]).data.tags  # it had ended
     losses = _losses(r["mlflow_run_id"])
     for step in range(1, STEPS + 1):
         assert losses[step] == pytest.approx(reference["losses"][step], rel=1e-4, abs=1e-5), step

@@ -1,10 +1,12 @@
-"""The pure parts of trainers/checkpoints.py: listing, resolution, retention, publishing, resume checks,
-the skipped sample stream, stop requests, and the 'stopped' result contract."""
+"""The pure parts of trainers/checkpoints.py: listing, resolution, retention, publishing (one process, and
+several ranks on simulated nodes), resume checks, the skipped sample stream, stop requests, the
+'stopped' result contract, and ending the MLflow run a kill left RUNNING."""
 
 from __future__ import annotations
 
 import json
 import signal
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +17,7 @@ from tasks.engine import EngineStopped, engine_main
 from tasks.specs import ResumeSpec, Spec, TrainSpec, default_hyperparams
 from tasks.storage import Lake
 from trainers import checkpoints as ck
+from trainers import distributed
 
 
 def _ckpt(root: Path, step: int, complete: bool = True, **files: str) -> Path:
@@ -72,7 +75,9 @@ def test_list_and_resolve_only_trust_complete_checkpoints(tmp_path):
         assert ck.resolve_checkpoint(lake, other_run, (tmp_path / "new").as_uri()).step == 6
     assert ck.resolve_checkpoint(lake, ck.checkpoint_uri(out.as_uri(), 3), "file:///x").step == 3
 
-    with pytest.raises(ck.CheckpointError, match=r"incomplete checkpoint.*found: .*checkpoint-3, .*checkpoint-6 under"):
+    with pytest.raises(
+        ck.CheckpointError, match=r"incomplete checkpoint.*found: .*checkpoint-3, .*checkpoint-6 under"
+    ):
         ck.resolve_checkpoint(lake, ck.checkpoint_uri(out.as_uri(), 9), "file:///x")
     with pytest.raises(
         ck.CheckpointError, match="checkpoint-12: no such checkpoint; complete checkpoints found"
@@ -109,6 +114,108 @@ def test_publish_marks_complete_last_and_replaces_a_stale_copy(tmp_path):
     assert marker["files"] == ["model.safetensors", "sub/x.json"]
     local.joinpath("model.safetensors").unlink()  # the Trainer rotating its local copy
     assert (stale / "model.safetensors").read_bytes() == b"weights"
+
+
+def _rank_files(rank: int, step: int) -> dict[str, bytes]:
+    """What one rank of a ZeRO run writes into its node's checkpoint-<step> (rank 0 also the rest)."""
+    files = {
+        f"rng_state_{rank}.pth": f"rng {rank}".encode(),
+        f"global_step{step}/zero_pp_rank_{rank}_mp_rank_00_optim_states.pt": f"shard {rank}".encode(),
+    }
+    if rank == 0:
+        files |= {"model.safetensors": b"weights", "trainer_state.json": b"{}", "latest": b"global_step6"}
+    return files
+
+
+@pytest.mark.parametrize(
+    ("nodes", "per_node", "shared_scratch"), [(2, 1, False), (2, 2, False), (2, 2, True)]
+)
+def test_every_node_publishes_its_files_and_rank_0_marks_the_checkpoint_once(
+    tmp_path, monkeypatch, nodes, per_node, shared_scratch
+):
+    """Ranks as threads, nodes as separate scratch directories (or one shared by all), a barrier for
+    torch.distributed's: on_save must merge every node's files into one checkpoint, write one marker
+    after all uploads, and return on no rank before the marker exists."""
+    world = nodes * per_node
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    lake = Lake(tmp_path.as_uri())
+    out = tmp_path / "run"
+    spec = _spec(out)
+    spec.hyperparams.save_total_limit = 1
+    _ckpt(out, 3)  # an earlier complete checkpoint: retention drops it
+    stale = _ckpt(out, 6, complete=False, **{"stale.bin": "old"})  # an interrupted save of this step
+    scratch = {n: tmp_path / ("scratch" if shared_scratch else f"node{n}") for n in range(nodes)}
+    expected: dict[str, bytes] = {}
+    for rank in range(world):
+        for name, data in _rank_files(rank, 6).items():
+            path = scratch[rank // per_node] / "checkpoint-6" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            expected[name] = data
+    for d in set(scratch.values()):
+        (d / "checkpoint-3").mkdir()  # an older local checkpoint on every node
+
+    events: list[tuple] = []
+    barrier = threading.Barrier(world, timeout=60)  # a bound on a hung rank, not a timing assertion
+    monkeypatch.setattr(distributed, "barrier", barrier.wait)
+    upload = ck.upload_checkpoint_files
+
+    def recording_upload(lake_, local_dir, uri):
+        events.append(("upload", threading.current_thread().name))
+        upload(lake_, local_dir, uri)
+
+    monkeypatch.setattr(ck, "upload_checkpoint_files", recording_upload)
+    write_json = lake.write_json
+
+    def recording_write_json(uri, obj):
+        present = sorted(p.relative_to(stale).as_posix() for p in stale.rglob("*") if p.is_file())
+        events.append(("marker", threading.current_thread().name, present))
+        write_json(uri, obj)
+
+    lake.write_json = recording_write_json
+    savers = [ck.CheckpointCallback(lake, spec, "run-1") for _ in range(world)]
+    errors: list[BaseException] = []
+
+    def rank_main(rank: int) -> None:
+        state = SimpleNamespace(
+            global_step=6,
+            epoch=1.0,
+            is_world_process_zero=rank == 0,
+            is_local_process_zero=rank % per_node == 0,
+        )
+        try:
+            savers[rank].on_save(SimpleNamespace(output_dir=str(scratch[rank // per_node])), state, None)
+            events.append(("returned", f"rank{rank}", (stale / ck.COMPLETE_MARKER).is_file()))
+        except BaseException as e:
+            errors.append(e)
+            barrier.abort()
+
+    threads = [threading.Thread(target=rank_main, args=(r,), name=f"rank{r}") for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+    local_zero = {f"rank{r}" for r in range(0, world, per_node)}
+    assert sorted(e[1] for e in events if e[0] == "upload") == sorted(local_zero)
+    markers = [i for i, e in enumerate(events) if e[0] == "marker"]
+    assert len(markers) == 1 and events[markers[0]][1] == "rank0"
+    everything = sorted([*expected, ck.META_FILE])
+    assert events[markers[0]][2] == everything  # written once every node's files were in
+    assert max(i for i, e in enumerate(events) if e[0] == "upload") < markers[0]
+    returned = [(i, e) for i, e in enumerate(events) if e[0] == "returned"]
+    assert len(returned) == world and all(i > markers[0] and e[2] for i, e in returned)
+
+    assert json.loads((stale / ck.COMPLETE_MARKER).read_text())["files"] == everything
+    for name, data in expected.items():
+        assert (stale / name).read_bytes() == data, name
+    assert not (stale / "stale.bin").exists()  # cleared by rank 0 before anyone uploaded
+    refs = ck.list_checkpoints(lake, ck.checkpoints_uri(out.as_uri()))
+    assert [(r.step, r.complete) for r in refs] == [(6, True)]  # keep 1
+    for d in {scratch[n] for n in range(1, nodes)}:  # the other nodes keep save_total_limit as rank 0 does
+        assert sorted(p.name for p in d.iterdir()) == ["checkpoint-6"]
+    assert all([r.step for r in s.saved] == [6] for s in savers)
 
 
 # ---------------------------------------------------------------- resume plans
@@ -265,3 +372,51 @@ def test_engine_main_writes_a_stopped_result(tmp_path, monkeypatch):
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["status"] == "stopped" and result["steps"] == 3 and "checkpoint c" in result["error"]
     get_settings.cache_clear()
+
+
+# ---------------------------------------------------------------- the MLflow run a kill left RUNNING
+
+
+class FakeMlflowClient:
+    """The three MlflowClient calls end_interrupted_run makes, over a dict of run statuses."""
+
+    def __init__(self, statuses: dict[str, str]):
+        self.statuses = dict(statuses)
+        self.tags: dict[str, dict[str, str]] = {}
+
+    def get_run(self, run_id: str):
+        if run_id not in self.statuses:
+            raise RuntimeError(f"Run '{run_id}' not found")
+        return SimpleNamespace(info=SimpleNamespace(status=self.statuses[run_id]))
+
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        self.tags.setdefault(run_id, {})[key] = value
+
+    def set_terminated(self, run_id: str, status: str) -> None:
+        self.statuses[run_id] = status
+
+
+@pytest.mark.parametrize("status", ["RUNNING", "FINISHED", "FAILED", "KILLED"])
+@pytest.mark.parametrize("mode", ["continue", "continue_skip", "weights_only"])
+def test_only_a_running_run_that_a_continue_takes_over_is_ended(tmp_path, status, mode):
+    client = FakeMlflowClient({"old": status})
+    ref = ck.CheckpointRef("file:///c/checkpoint-9", 9, True)
+    resume = ck.Resume(ref, mode, tmp_path, {"mlflow_run_id": "old"}, 3 if mode == "continue_skip" else 0)
+    ended = ck.end_interrupted_run(client, resume, "new")
+    if status == "RUNNING" and mode != "weights_only":
+        assert ended == "old" and client.statuses["old"] == "KILLED"
+        assert client.tags == {"old": {ck.ENDED_BY_TAG: "resumed by new"}}
+    else:
+        assert ended is None and client.statuses["old"] == status and client.tags == {}
+
+
+def test_ending_an_interrupted_run_tolerates_a_missing_one(tmp_path, caplog):
+    ref = ck.CheckpointRef("file:///c/checkpoint-9", 9, True)
+    client = FakeMlflowClient({})
+    assert (
+        ck.end_interrupted_run(client, ck.Resume(ref, "continue", tmp_path, {"mlflow_run_id": "gone"}), "new")
+        is None
+    )
+    assert "could not end MLflow run gone" in caplog.text
+    assert ck.end_interrupted_run(client, ck.Resume(ref, "continue", tmp_path, {}), "new") is None
+    assert ck.end_interrupted_run(client, None, "new") is None
