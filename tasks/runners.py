@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.engine import result_uri_for, write_spec
+from tasks.procs import kill_tree
 from tasks.settings import PROJECT_ROOT, get_settings
 from tasks.specs import DistributedConfig, Spec, slug
 from tasks.storage import Lake
@@ -237,7 +238,7 @@ def _stop_group(proc: subprocess.Popen, grace_s: float | None = None) -> None:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_tree(proc.pid)  # the group and torchrun's ranks, which run in sessions of their own
         proc.wait()
     except ProcessLookupError:
         pass

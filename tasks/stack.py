@@ -7,7 +7,6 @@ and every model service.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -273,8 +272,9 @@ def _kill_group(pgid: int, grace_s: float = 20) -> bool:
         except ProcessLookupError:
             return True
         time.sleep(0.5)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
+    from tasks.procs import kill_tree
+
+    kill_tree(pgid)  # the group and any children that left it (torchrun's ranks)
     return True
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 import yaml
 
@@ -241,3 +243,38 @@ def test_failed_pod_without_known_failure_or_log_keeps_the_plain_error(ff_home):
         with pytest.raises(AirflowException) as err:
             op.cleanup(pod, remote)
         assert "diagnosis" not in str(err.value)
+
+
+def test_stop_ends_children_that_left_the_group(tmp_path):
+    """torchrun starts its ranks in sessions of their own: a SIGKILL of the group alone would orphan them."""
+    import contextlib
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from tasks.runners import _stop_group
+
+    pid_file = tmp_path / "child.pid"
+    script = (
+        "import signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"  # a parent that will not stop in the grace period
+        "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(c.pid))\n"
+        "time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline, "the child never started"
+        time.sleep(0.1)
+    child = psutil.Process(int(pid_file.read_text()))
+    try:
+        assert os.getpgid(child.pid) != proc.pid  # out of the engine's group, like a torchrun rank
+        _stop_group(proc, grace_s=1)
+        assert proc.poll() is not None
+        child.wait(timeout=10)  # raises TimeoutExpired if it was left running
+    finally:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
