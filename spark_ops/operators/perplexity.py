@@ -9,7 +9,8 @@ Limits are per language, because character perplexities of Chinese and English a
 default ``reference_factor`` x the model's held-out reference quantile (``reference_quantile``) for the
 record's language; ``max_perplexity`` sets absolute limits instead (one number, or per language). Records
 in a language with no limit, or shorter than ``min_chars`` normalised characters, are kept unscored and
-counted in the step's ``unscored`` counter.
+counted in the step's ``unscored`` counter. With ``action: tag`` nothing is dropped: records get CCNet-style
+quality buckets in ``meta.tags`` instead (``ppl:head`` / ``ppl:middle`` / ``ppl:tail``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.functions import arrow_udf
@@ -32,6 +33,7 @@ from pyspark.sql.functions import arrow_udf
 from spark_ops import lm
 from spark_ops.operators.base import KEEP, NOTE, STAT, Operator, OperatorContext, OperatorParams, register
 from spark_ops.operators.filters import _joined
+from spark_ops.operators.tagging import META, _tagged
 from tasks.settings import PROJECT_ROOT, get_settings
 from tasks.storage import Lake, local_path, to_uri
 
@@ -165,6 +167,11 @@ class PerplexityFilter(Operator):
             description="Limit = this x the reference quantile of the record's language (null: no "
             "reference limits, only max_perplexity).",
         )
+        action: Literal["filter", "tag"] = Field(
+            default="filter",
+            description="filter: drop records over the limit; tag: keep every record and add ppl:head / "
+            "ppl:middle / ppl:tail to meta.tags (up to the reference p50, p90, above), for mixing by label.",
+        )
         min_chars: int = Field(
             default=50,
             ge=1,
@@ -191,13 +198,19 @@ class PerplexityFilter(Operator):
 
     params: Params
 
+    def writes(self, ctx: OperatorContext) -> tuple[str, ...]:
+        return (META,) if self.params.action == "tag" else ()
+
     def annotate(self, df: DataFrame, ctx: OperatorContext) -> DataFrame:
         name, header = ship_model(df.sparkSession, self.params.model)
-        limits = limits_for(header["reference"], self.params)
-        log.info("perplexity_filter: model %s, limits %s", self.params.model, limits or "none")
+        reference = header["reference"]
+        limits = limits_for(reference, self.params) if self.params.action == "filter" else {}
+        log.info("perplexity_filter: model %s, %s", self.params.model, limits or f"tags from {reference}")
         udf = perplexity_udf(name, limits, self.params.min_chars)
         out = df.withColumn(_PPL, udf(_joined(df, self.columns(ctx))))
         m = F.col(_PPL)
+        if self.params.action == "tag":
+            return self._tag(out, m, reference).drop(_PPL)
         unscored = m["perplexity"].isNull() | m["limit"].isNull()
         out = out.withColumns(
             {
@@ -218,3 +231,23 @@ class PerplexityFilter(Operator):
             }
         )
         return out.drop(_PPL)
+
+    def _tag(self, df: DataFrame, m: Column, reference: dict[str, dict[str, float]]) -> DataFrame:
+        """``ppl:head`` up to the language's reference median, ``ppl:middle`` up to its p90, else
+        ``ppl:tail`` (CCNet's buckets, here relative to the reference texts); no tag when unscored."""
+
+        def bound(quantile: str) -> Column:
+            parts = [F.when(m["language"] == lang, F.lit(q[quantile])) for lang, q in reference.items()]
+            return F.coalesce(*parts) if parts else F.lit(None).cast("double")
+
+        head, middle = bound("p50"), bound("p90")
+        ppl = m["perplexity"]
+        unscored = ppl.isNull() | head.isNull()
+        bucket = (
+            F.when(unscored, F.lit(None).cast("string"))
+            .when(ppl <= head, F.lit("ppl:head"))
+            .when(ppl <= middle, F.lit("ppl:middle"))
+            .otherwise(F.lit("ppl:tail"))
+        )
+        tagged = _tagged(df, F.when(~unscored, F.array(bucket)), "ppl:")
+        return tagged.withColumn(STAT + "unscored", unscored.cast("long"))

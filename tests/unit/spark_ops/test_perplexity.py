@@ -304,3 +304,37 @@ def test_scoring_in_slices_gives_the_same_result(monkeypatch: pytest.MonkeyPatch
     sliced = model.score(texts, 5)
     np.testing.assert_allclose(sliced[0], whole[0], rtol=1e-12)
     assert sliced[1].tolist() == whole[1].tolist()
+
+
+def test_tag_mode_buckets_by_the_reference_and_drops_nothing(
+    spark: SparkSession, shared_model, ff_home
+) -> None:
+    path, model, unseen = shared_model
+    ppl, lang = model.score(unseen, 50)
+    ref = model.reference
+    zh = [i for i in range(len(unseen)) if lang[i] == "zh" and np.isfinite(ppl[i])]
+    want = {}
+    for i in zh[:30]:
+        want[f"id{i:04d}"] = (
+            "ppl:head"
+            if ppl[i] <= ref["zh"]["p50"]
+            else "ppl:middle"
+            if ppl[i] <= ref["zh"]["p90"]
+            else "ppl:tail"
+        )
+    assert {"ppl:head", "ppl:tail"} <= set(want.values())
+    rows = [(k, unseen[int(k[2:])], ("src", ["ppl:old", "domain:x"])) for k in want]
+    rows.append(("short", "太短了", ("src", ["ppl:old"])))
+    df = spark.createDataFrame(rows, schema("pretrain"))
+    op = PerplexityFilter(PerplexityFilter.Params(model=str(path), action="tag"))
+    result = run_operators(df, [op], PRETRAIN)
+    try:
+        step = result.steps[0]
+        tags = {r["id"]: r["meta"]["tags"] for r in result.df.collect()}
+        assert step.dropped == 0 and step.counters["unscored"] == 1
+        for k, bucket in want.items():
+            assert tags[k] == ["domain:x", bucket]  # the earlier ppl: tag is replaced, others stay
+        assert tags["short"] == []  # unscored: its stale bucket goes, no new one
+        assert step.modified == len(want) + 1
+    finally:
+        result.release()
