@@ -4,7 +4,8 @@
         --output .forgeflow/lm/reference.npz
     forgeflow lm score .forgeflow/lm/reference.npz some.jsonl
 
-Inputs are files or directories of ``.txt`` (one document per line), ``.jsonl`` / ``.json`` (records; the
+Inputs are catalogue versions (``SCENE/NAME@Vn``: the version's records, e.g. a cleaned and published
+corpus), or files or directories of ``.txt`` (one document per line), ``.jsonl`` / ``.json`` (records; the
 text is the first of ``--field`` present, by default text, content, output, target, response, answer,
 chosen) and ``.parquet`` (the same fields). Train on clean text of the kind the filter should keep.
 """
@@ -23,6 +24,42 @@ SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 
 class InputError(ValueError):
     """An input file that cannot be read as documents; the message names the file and line."""
+
+
+def version_data(ref: str) -> Path:
+    """The local directory of a catalogue version's record files (an s3:// lake is fetched once)."""
+    import hashlib
+
+    from tasks.catalog import Catalog
+    from tasks.records import DATA_DIR
+    from tasks.settings import get_settings
+    from tasks.storage import Lake, local_path
+
+    version = Catalog.from_settings().get_version(ref)
+    data_uri = f"{version.uri.rstrip('/')}/{DATA_DIR}"
+    if not data_uri.startswith("s3://"):
+        return local_path(data_uri)
+    target = get_settings().path("cache", "lm-data") / hashlib.sha256(data_uri.encode()).hexdigest()[:16]
+    if not (target / ".complete").exists():
+        Lake.from_settings().get_dir(data_uri, target)
+        (target / ".complete").touch()
+    return target
+
+
+def resolve_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
+    """(local paths, catalogue refs among the inputs): each ``SCENE/NAME@Vn`` becomes its version's data."""
+    from tasks.catalog import REF_RE
+
+    paths: list[str] = []
+    refs: list[str] = []
+    for raw in inputs:
+        m = REF_RE.match(raw)
+        if m and m["version"] and not Path(raw).exists():
+            paths.append(str(version_data(raw)))
+            refs.append(raw)
+        else:
+            paths.append(raw)
+    return paths, refs
 
 
 def _files(inputs: list[str]) -> list[Path]:
@@ -101,14 +138,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tasks.storage import Lake, to_uri
 
     fields = tuple(args.field) if args.field else DEFAULT_FIELDS
+    paths, refs = resolve_inputs(args.inputs)
     model = lm.train(
-        documents(args.inputs, fields),
+        documents(paths, fields),
         order=args.order,
         max_chars=args.max_chars,
         holdout_every=args.holdout_every,
         min_chars=args.min_chars,
     )
-    model.info["inputs"] = [str(Path(p).resolve()) for p in args.inputs]
+    model.info["inputs"] = [str(Path(p).resolve()) for p in paths]
+    model.info["datasets"] = refs  # lineage: the catalogue versions it was trained on
     data = model.to_bytes()
     if "://" in args.output:
         Lake.from_settings().write_bytes(args.output, data)
@@ -149,7 +188,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     else:
         model = lm.load(args.model)
     fields = tuple(args.field) if args.field else DEFAULT_FIELDS
-    texts = list(documents(args.inputs, fields))
+    texts = list(documents(resolve_inputs(args.inputs)[0], fields))
     ppl, language = model.score(texts, args.min_chars)
     if args.per_text:
         for text, p, lang in zip(texts, ppl, language, strict=True):
@@ -174,7 +213,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lm", help="the character n-gram model of perplexity_filter: train, score")
     lsub = p.add_subparsers(dest="lm_command", required=True)
     t = lsub.add_parser("train", help="train a character n-gram model (Kneser-Ney) on clean text")
-    t.add_argument("inputs", nargs="+", help=".txt/.jsonl/.json/.parquet files or directories")
+    t.add_argument(
+        "inputs",
+        nargs="+",
+        help="catalogue versions SCENE/NAME@Vn, .txt/.jsonl/.json/.parquet files or directories",
+    )
     t.add_argument("--output", required=True, help="model file (.npz): a path or a lake URI")
     t.add_argument("--order", type=int, default=5, help="n-gram order in characters (1-10)")
     t.add_argument("--max-chars", type=int, default=20_000_000, help="train on at most this many characters")
@@ -190,7 +233,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=cmd_train)
     s = lsub.add_parser("score", help="perplexity of texts under a model: quantiles per language")
     s.add_argument("model", help="model file (.npz): a path or a lake URI")
-    s.add_argument("inputs", nargs="+", help=".txt/.jsonl/.json/.parquet files or directories")
+    s.add_argument(
+        "inputs",
+        nargs="+",
+        help="catalogue versions SCENE/NAME@Vn, .txt/.jsonl/.json/.parquet files or directories",
+    )
     s.add_argument("--min-chars", type=int, default=50, help="shorter texts are not scored")
     s.add_argument("--field", action="append", help="record field holding the text (repeatable)")
     s.add_argument("--per-text", action="store_true", help="one JSON line per text instead of a summary")

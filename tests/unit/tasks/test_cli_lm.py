@@ -60,3 +60,32 @@ def test_bad_inputs_name_file_and_line(tmp_path: Path, capsys: pytest.CaptureFix
 
     assert main(["lm", "train", str(tmp_path / "missing.txt"), "--output", str(tmp_path / "m.npz")]) == 1
     assert "missing.txt: no such file or directory" in capsys.readouterr().err
+
+
+def test_train_on_a_catalogue_version(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], ff_home: Path
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks.catalog import Catalog
+
+    version_dir = ff_home / "lake" / "datasets" / "general" / "clean-zh" / "v1"
+    (version_dir / "data").mkdir(parents=True)
+    pq.write_table(
+        pa.table({"id": [f"r{i}" for i in range(20)], "text": [ZH] * 20}),
+        version_dir / "data" / "part-0.parquet",
+    )
+    (version_dir / "manifest.json").write_text("{}", encoding="utf-8")  # not a record file
+    cat = Catalog.from_settings()
+    cat.ensure_dataset("general", "clean-zh")
+    cat.commit_version(
+        "general", "clean-zh", run_key="r1", uri=version_dir.as_uri(), usage="pretrain", record_count=20
+    )
+    out = tmp_path / "m.npz"
+    assert main(["lm", "train", "general/clean-zh@V1", "--output", str(out), "--order", "3", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["info"]["datasets"] == ["general/clean-zh@V1"]
+    assert summary["info"]["train_texts"] + summary["info"]["held_out_texts"] == 20
+    assert main(["lm", "train", "general/clean-zh@V9", "--output", str(out)]) == 1
+    assert "general/clean-zh@V9" in capsys.readouterr().err
