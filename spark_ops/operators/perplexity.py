@@ -57,27 +57,40 @@ def _resolve(model: str) -> str:
     return to_uri(p if p.is_absolute() else PROJECT_ROOT / p)
 
 
+_SHIPPED: dict[tuple[int, str], tuple[str, dict[str, Any]]] = {}  # (SparkContext, s3 model) -> name, header
+
+
+def _digest_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
 def ship_model(spark: Any, model: str) -> tuple[str, dict[str, Any]]:
     """Make the model file available on every executor: its name for ``SparkFiles.get``, and its header.
 
-    The name carries a digest of the source, size and mtime, so two models with one file name, or a
-    retrained model at the same path, never meet under one name (SparkFiles names are per application).
+    The name carries a digest (of the content for an s3:// model, downloaded once per Spark application; of
+    path, size and mtime for a local one), so two models with one file name, or a retrained model at the
+    same place, never meet under one name (SparkFiles names are per application).
     """
     uri = _resolve(model)
+    key = (id(spark.sparkContext), uri)
+    if key in _SHIPPED:  # only s3:// models are remembered: a local file is re-checked (stat) every time
+        return _SHIPPED[key]
     cache = get_settings().path("cache", "lm")
+    basename = uri.rstrip("/").rsplit("/", 1)[-1]
     if uri.startswith("s3://"):
-        key = hashlib.sha256(uri.encode()).hexdigest()[:16]
-        local = cache / f"{key}-{uri.rsplit('/', 1)[-1]}"
-        if not local.is_file():
-            with Lake.from_settings().fetch(uri) as fetched:
-                shutil.copyfile(fetched, f"{local}.part")
-            os.replace(f"{local}.part", local)
-        source = local
+        download = cache / f"download-{os.getpid()}-{basename}"
+        with Lake.from_settings().fetch(uri) as fetched:
+            shutil.copyfile(fetched, download)
+        source, digest = download, _digest_file(download)
     else:
         source = local_path(uri)
-    st = source.stat()
-    digest = hashlib.sha256(f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    name = f"{digest}-{source.name}"
+        st = source.stat()
+        digest = hashlib.sha256(f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    name = f"{digest}-{basename}"
     shipped = cache / name
     if not shipped.exists():
         try:
@@ -85,8 +98,12 @@ def ship_model(spark: Any, model: str) -> tuple[str, dict[str, Any]]:
         except OSError:
             shutil.copyfile(source, f"{shipped}.part")
         os.replace(f"{shipped}.part", shipped)
+    if source.name.startswith("download-"):
+        source.unlink(missing_ok=True)
     header = lm.read_header(shipped)
     spark.sparkContext.addFile(str(shipped))
+    if uri.startswith("s3://"):
+        _SHIPPED[key] = (name, header)
     return name, header
 
 
