@@ -81,7 +81,9 @@ def _sentences() -> tuple[list[str], list[str]]:
 
 def build_corpus(target_mb: float, directory: Path) -> dict:
     """Write ``SHARDS`` JSONL files of about ``target_mb`` MB in ``directory``; returns counts."""
-    marker = directory.with_name(directory.name + ".json")  # beside, not inside: the engines read the directory
+    marker = directory.with_name(
+        directory.name + ".json"
+    )  # beside, not inside: the engines read the directory
     if marker.exists():
         return json.loads(marker.read_text())
     shutil.rmtree(directory, ignore_errors=True)
@@ -304,6 +306,22 @@ def labelled_scores(lang: str, engines: list[str]) -> dict:
     return out
 
 
+def command_line(script: str, argv: list[str] | None) -> str:
+    """The RESULTS.md line that says how a section was produced."""
+    return (
+        "Command: `" + " ".join([".venv/bin/python", f"benchmarks/{script}", *(argv or sys.argv[1:])]) + "`"
+    )
+
+
+def emit(lines: list[str], append: bool) -> None:
+    """Print a report section; with ``append``, add it to benchmarks/RESULTS.md too."""
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if append:
+        with (ROOT / "benchmarks" / "RESULTS.md").open("a", encoding="utf-8") as f:
+            f.write("\n" + report)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=float, default=100, help="corpus size at scale 1, in MB")
@@ -320,9 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"## pretrain_clean vs datatrove — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
-        "Command: `"
-        + " ".join([".venv/bin/python", "benchmarks/bench_pretrain_clean.py", *(argv or sys.argv[1:])])
-        + "`",
+        command_line("bench_pretrain_clean.py", argv),
         f"Machine: {psutil.cpu_count()} CPUs visible, engines on 2 cores (Spark local[2]; datatrove 2 workers).",
         "",
         "| scale | corpus | docs | engine | seconds | docs/s | MB/s | peak RSS (tree) | kept |",
@@ -376,11 +392,7 @@ def main(argv: list[str] | None = None) -> int:
             f"- near-duplicate labelled set ({FIXTURES.name}/near_dupes.jsonl), {eng}: precision "
             f"{s['precision']:.3f}, recall {s['recall']:.3f} (tp {s['tp']}, fp {s['fp']}, fn {s['fn']})"
         )
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.append:
-        with (ROOT / "benchmarks" / "RESULTS.md").open("a", encoding="utf-8") as f:
-            f.write("\n" + report)
+    emit(lines, args.append)
     return 0
 
 

@@ -88,9 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"## Desensitisation on the labelled PII set — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
-        "Command: `"
-        + " ".join([".venv/bin/python", "benchmarks/bench_quality_sets.py", *(argv or sys.argv[1:])])
-        + "`",
+        bpc.command_line("bench_quality_sets.py", argv),
         f"Set: {PII.relative_to(ROOT)}, {len(records)} sentences. Bar: recall >= 0.99 per type, decoys kept >= 0.99.",
         "",
         "| type | n | " + " | ".join(f"{e} recall" for e in engines) + " |",
@@ -110,11 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"- Forgeflow {verdict} the bar; lowest recall {min(s['recall'] for t, s in ff.items() if t != 'decoys'):.3f}"
         )
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.append:
-        with (ROOT / "benchmarks" / "RESULTS.md").open("a", encoding="utf-8") as f:
-            f.write("\n" + report)
+    bpc.emit(lines, args.append)
     return 0
 
 

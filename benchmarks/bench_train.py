@@ -46,7 +46,9 @@ TINY = {
 
 
 def corpus(max_docs: int) -> list[str]:
-    texts = [t for t in (DATA / "pretrain" / "wiki_demo.txt").read_text(encoding="utf-8").splitlines() if t.strip()]
+    texts = [
+        t for t in (DATA / "pretrain" / "wiki_demo.txt").read_text(encoding="utf-8").splitlines() if t.strip()
+    ]
     with open(DATA / "pretrain" / "c4_demo.jsonl", encoding="utf-8") as f:
         texts += [json.loads(line)["text"] for line in f if line.strip()]
     return texts[:max_docs]
@@ -146,7 +148,9 @@ def write_version(texts: list[str], root: Path) -> str:
     import pandas as pd
 
     (root / "data").mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"id": [str(i) for i in range(len(texts))], "text": texts}).to_parquet(root / "data" / "part-0.parquet")
+    pd.DataFrame({"id": [str(i) for i in range(len(texts))], "text": texts}).to_parquet(
+        root / "data" / "part-0.parquet"
+    )
     (root / "manifest.json").write_text(json.dumps({"records": len(texts)}))
     return root.as_uri()
 
@@ -192,10 +196,14 @@ def main() -> int:
             order = ("forgeflow", "bare") if i % 2 == 0 else ("bare", "forgeflow")
             got = {}
             for side in order:
-                got[side] = run_forgeflow(uri, args, i) if side == "forgeflow" else run_bare(texts, args, i, work)
+                got[side] = (
+                    run_forgeflow(uri, args, i) if side == "forgeflow" else run_bare(texts, args, i, work)
+                )
                 print(f"round {i + 1} {side}: {got[side]['tokens_per_second']:.0f} tokens/s", flush=True)
             assert got["forgeflow"]["steps"] == got["bare"]["steps"] == args.steps
-            rows.append((i + 1, order[0], got["forgeflow"]["tokens_per_second"], got["bare"]["tokens_per_second"]))
+            rows.append(
+                (i + 1, order[0], got["forgeflow"]["tokens_per_second"], got["bare"]["tokens_per_second"])
+            )
         waste = packing_waste(texts, [128, 256, 512, 1024, 2048])
 
     ratios = [f / b for _, _, f, b in rows]

@@ -47,8 +47,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
+
+from spark_ops.charclass import class_table
 
 FORMAT = "forgeflow-char-kn/1"
 BOS = 2  # U+0002: normalisation turns every control character into a space, so it never occurs in text
@@ -73,18 +73,9 @@ _TABLES: list[np.ndarray] = []
 
 
 def char_classes() -> np.ndarray:
-    """uint8 bit set of classes per code point (about 0.2 s, once per process)."""
+    """uint8 bit set of classes per code point (once per process)."""
     if not _TABLES:
-        cps = np.arange(0x110000, dtype=np.uint32)
-        cps = cps[(cps < 0xD800) | (cps > 0xDFFF)]  # surrogates never occur in decoded text
-        utf8 = cps.tobytes().decode("utf-32-le").encode("utf-8")
-        width = np.where(cps < 0x80, 1, np.where(cps < 0x800, 2, np.where(cps < 0x10000, 3, 4)))
-        offsets = np.concatenate([[0], np.cumsum(width)]).astype(np.int32)
-        chars = pa.StringArray.from_buffers(len(cps), pa.py_buffer(offsets), pa.py_buffer(utf8))
-        table = np.zeros(0x110000, dtype=np.uint8)
-        for bit, pattern in _CLASS_PATTERNS.items():
-            table[cps[np.asarray(pc.match_substring_regex(chars, pattern), dtype=bool)]] |= bit
-        _TABLES.append(table)
+        _TABLES.append(class_table(_CLASS_PATTERNS))
     return _TABLES[0]
 
 
@@ -355,13 +346,7 @@ class CharNGramModel:
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str = "model") -> CharNGramModel:
-        try:
-            z = np.load(io.BytesIO(data), allow_pickle=False)
-            header = json.loads(bytes(z["header"]).decode())
-        except (ValueError, KeyError, OSError) as e:
-            raise ValueError(f"{where}: not a Forgeflow n-gram model file ({e})") from e
-        if header.get("format") != FORMAT:
-            raise ValueError(f"{where}: format {header.get('format')!r}, expected {FORMAT!r}")
+        z, header = _open(io.BytesIO(data), where)
         tables = [
             OrderTable(z[f"keys{k}"], z[f"a{k}"], z[f"s{k}"], z[f"t{k}"])
             for k in range(1, header["order"] + 1)
@@ -499,23 +484,32 @@ def reference_perplexities(
     for language in LANGUAGES:
         values = ppl[(lang == language) & np.isfinite(ppl)]
         if len(values) >= 5:
-            q = np.quantile(values, QUANTILES)
-            out[language] = {
-                f"p{round(x * 100)}": round(float(v), 3) for x, v in zip(QUANTILES, q, strict=True)
-            }
-            out[language]["docs"] = int(len(values))
+            out[language] = {**quantiles(values), "docs": int(len(values))}
     return out
+
+
+def quantiles(values: np.ndarray) -> dict[str, float]:
+    """``p50`` ... ``p99`` (QUANTILES) of some perplexities, rounded."""
+    q = np.quantile(values, QUANTILES)
+    return {f"p{round(x * 100)}": round(float(v), 3) for x, v in zip(QUANTILES, q, strict=True)}
+
+
+def _open(source: Any, where: str) -> tuple[Any, dict[str, Any]]:
+    """(the npz archive, its checked JSON header); the tables are read lazily from the archive."""
+    try:
+        z = np.load(source, allow_pickle=False)
+        header = json.loads(bytes(z["header"]).decode())
+    except (ValueError, KeyError, OSError) as e:
+        raise ValueError(f"{where}: not a Forgeflow n-gram model file ({e})") from e
+    if header.get("format") != FORMAT:
+        raise ValueError(f"{where}: format {header.get('format')!r}, expected {FORMAT!r}")
+    return z, header
 
 
 def read_header(path: str | Path) -> dict[str, Any]:
     """The JSON header of a model file, without reading its tables."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            header = json.loads(bytes(z["header"]).decode())
-    except (ValueError, KeyError, OSError) as e:
-        raise ValueError(f"{path}: not a Forgeflow n-gram model file ({e})") from e
-    if header.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {header.get('format')!r}, expected {FORMAT!r}")
+    z, header = _open(path, str(path))
+    z.close()
     return header
 
 

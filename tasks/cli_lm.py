@@ -199,10 +199,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     for lang in lm.LANGUAGES:
         values = ppl[(language == lang) & np.isfinite(ppl)]
         if len(values):
-            q = np.quantile(values, lm.QUANTILES)
             summary["languages"][lang] = {
                 "texts": int(len(values)),
-                **{f"p{round(x * 100)}": round(float(v), 3) for x, v in zip(lm.QUANTILES, q, strict=True)},
+                **lm.quantiles(values),
                 "reference": model.reference.get(lang),
             }
     print(json.dumps(summary, ensure_ascii=False, indent=2))

@@ -51,6 +51,8 @@ import pyarrow.compute as pc
 from pyspark.sql import types as T
 from pyspark.sql.functions import arrow_udf
 
+from spark_ops.charclass import class_table
+
 # filters.TOKEN in RE2 syntax: CJK characters, and the separators between other tokens (Java's [\s\p{Z}]).
 CJK = r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]"
 SEPARATOR = r"[\t\n\x0b\f\r\p{Z}]"
@@ -104,18 +106,9 @@ _CLASSES: list[np.ndarray] = []
 
 
 def _classes() -> np.ndarray:
-    """uint8 class of every code point, from RE2's Unicode tables (about 60 ms, once per process)."""
+    """uint8 class of every code point (separator and CJK never overlap), once per process."""
     if not _CLASSES:
-        cps = np.arange(0x110000, dtype=np.uint32)
-        cps = cps[(cps < 0xD800) | (cps > 0xDFFF)]  # surrogates never occur in decoded text
-        utf8 = cps.tobytes().decode("utf-32-le").encode("utf-8")
-        width = np.where(cps < 0x80, 1, np.where(cps < 0x800, 2, np.where(cps < 0x10000, 3, 4)))
-        offsets = np.concatenate([[0], np.cumsum(width)]).astype(np.int32)
-        chars = pa.StringArray.from_buffers(len(cps), pa.py_buffer(offsets), pa.py_buffer(utf8))
-        table = np.zeros(0x110000, dtype=np.uint8)
-        table[cps[np.asarray(pc.match_substring_regex(chars, SEPARATOR), dtype=bool)]] = _SEPARATOR
-        table[cps[np.asarray(pc.match_substring_regex(chars, CJK), dtype=bool)]] = _CJK
-        _CLASSES.append(table)
+        _CLASSES.append(class_table({_SEPARATOR: SEPARATOR, _CJK: CJK}))
     return _CLASSES[0]
 
 
