@@ -38,8 +38,8 @@ from pyspark.sql import types as T
 from spark_ops.canonical import TEXT_COLUMNS, content_columns, text_length, text_values
 from spark_ops.operators.base import OperatorContext
 from spark_ops.operators.dedupe import content_key
-from spark_ops.operators.desensitize import ALL_TYPES, PiiType, ScanConfig, desensitize_text
 from spark_ops.operators.tagging import LanguageTagger
+from tasks.pii import ALL_TYPES, PiiType, ScanConfig, desensitize_text
 from tasks.specs import QualitySpec, Usage
 
 if TYPE_CHECKING:
