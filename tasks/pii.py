@@ -230,7 +230,7 @@ def _group_detector(pii: PiiType, body: str, valid: Validator | None, mask: str,
 
 # Every digit-group number has 10 digits or more (a landline after +86: 2-digit area code + 8), written
 # with single separators or brackets between them. A run is maximal, so a number never crosses its end.
-_DIGIT_RUN = f"[0-9](?:[ .\\-()（）]?[0-9]){{9,}}"
+_DIGIT_RUN = "[0-9](?:[ .\\-()（）]?[0-9]){9,}"
 _RUN_BEFORE = 6  # a match may start this far before its run: "+86 ", "（"
 _AREA = "(?:10|2[0-9]|[3-9][0-9]{2})"  # after the trunk 0: Beijing 010, 02x, 0xxx
 
@@ -573,6 +573,7 @@ def desensitize_text(text: str, cfg: ScanConfig, counts: dict[PiiType, int]) -> 
 
 
 # ------------------------------------------------------------------------------- the quality gate's regexes
+
 
 def _escaped(chars: str) -> str:
     return "".join(c if c.isascii() else f"\\u{ord(c):04x}" for c in chars)

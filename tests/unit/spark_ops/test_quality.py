@@ -13,8 +13,8 @@ from pyspark.sql import SparkSession
 
 from spark_ops.canonical import schema
 from spark_ops.expectations import SuiteError, load_suite, suite_parameters, validate_version
-from tasks.pii import gate_patterns, id18_valid
 from spark_ops.quality import approx_tokens, quality_report
+from tasks.pii import gate_patterns, id18_valid
 from tasks.quality import QualityBlocked, gate, require_publishable
 
 
