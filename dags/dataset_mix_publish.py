@@ -60,26 +60,33 @@ REF_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?/[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
             [], type="array", section="Mix", description="By tag: the versions the tag parts select from."
         ),
         "preset": Param(
-            "",
-            enum=["", "pretrain-industry-general", "sft-industry-general", "distill"],
+            None,
+            type=["null", "string"],
+            enum=[None, "pretrain-industry-general", "sft-industry-general", "distill"],
             section="Mix",
             description="Seed guidance: roles and ratios (parts then name their role).",
         ),
         "total": Param(None, type=["integer", "null"], minimum=1, section="Mix", description="Target size."),
         "baseline": Param(
-            "", type="string", section="Mix", description="Part kept whole; the others scale to it (ratios)."
+            None,
+            type=["null", "string"],
+            section="Mix",
+            description="Part kept whole; the others scale to it (ratios).",
         ),
         "sampling": Param(
-            "",
-            enum=["", "down", "up", "both"],
+            None,
+            type=["null", "string"],
+            enum=[None, "down", "up", "both"],
             section="Mix",
             description="down never repeats records, up never drops them (default: preset's, else down).",
         ),
         "seed": Param(0, type="integer", section="Mix", description="Seed of sampling and of the split."),
-        "note": Param("", type="string", section="Mix", description="Note kept on the mixed version."),
+        "note": Param(
+            None, type=["null", "string"], section="Mix", description="Note kept on the mixed version."
+        ),
         "version": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             section="Publish",
             description="Without parts: the version SCENE/NAME@Vn to publish.",
         ),
@@ -108,8 +115,8 @@ REF_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?/[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
             description="Exact held-out count instead.",
         ),
         "override_reason": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             section="Publish",
             description="Publish even though the quality suite failed; the reason is recorded.",
         ),

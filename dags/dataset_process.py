@@ -53,7 +53,10 @@ NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
             description="Dataset name: lowercase letters, digits and '-'.",
         ),
         "note": Param(
-            "", type="string", section="Dataset", description="Free-text note kept on the dataset."
+            None,
+            type=["null", "string"],
+            section="Dataset",
+            description="Free-text note kept on the dataset.",
         ),
         "usage": Param(
             "sft",
@@ -97,8 +100,8 @@ NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
             '"target": "std_answer"}; list values are joined with newlines.',
         ),
         "source_label": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             section="Import",
             description="Source label stored in each record's meta (default: file name).",
         ),
@@ -123,8 +126,8 @@ NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
             description="Publish the version (selectable for training; emits the Asset).",
         ),
         "override_reason": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             section="Processing",
             description="Publish even though the version's Great Expectations suite failed; the reason is "
             "recorded with the publication. Empty: a failed suite blocks publishing.",

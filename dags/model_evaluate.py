@@ -36,15 +36,15 @@ from tasks.specs import GenerationParams
             description="Model under test: models:/NAME/VERSION (latest is pinned at start).",
         ),
         "endpoint_url": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             section="Model",
             description="Existing OpenAI-compatible base URL to test instead of starting a "
             "temporary service (e.g. an external API).",
         ),
         "endpoint_model": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             section="Model",
             description="Model name at that endpoint (default: the registered name).",
         ),

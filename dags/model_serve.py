@@ -42,7 +42,7 @@ NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
             description="Service name; an existing service of that name is replaced.",
         ),
         "served_model_name": Param(
-            "", type="string", description="Model name in the API (default: the registered name)."
+            None, type=["null", "string"], description="Model name in the API (default: the registered name)."
         ),
         "backend": Param(
             "auto",

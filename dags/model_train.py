@@ -65,8 +65,8 @@ from tasks.training import (
             "Face model directory (local or s3://), or a registered version models:/NAME/VERSION.",
         ),
         "dataset": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             section="Data",
             description="Training data SCENE/NAME@Vn (published; usage must fit the method). "
             "Empty: the version whose publication triggered this run.",
@@ -95,8 +95,8 @@ from tasks.training import (
             description="Merge a LoRA adapter into its base before registering.",
         ),
         "retrain_of": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             section="Retrain",
             description="Retrain an earlier run: its Airflow run id (or run key model_train/<run id>, or MLflow "
             "run id). Its resolved spec trains again as a new version; method, data and the other Params are "
@@ -119,8 +119,8 @@ from tasks.training import (
             description="GPUs the run needs; the health check fails when fewer are visible.",
         ),
         "chat_template": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             section="Task",
             description="Chat template: empty keeps the base tokenizer's own (ChatML when it has none); "
             "chatml, qwen2, llama3 (include/chat_templates/) or a .jinja path.",

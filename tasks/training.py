@@ -249,13 +249,19 @@ def distill_params(section: str = "Distillation (method distill)") -> dict[str, 
     fields = DistillConfig.model_fields
     return {
         "teacher_base_url": Param(
-            "", type="string", section=section, description="Teacher: OpenAI-compatible base URL (…/v1)."
+            None,
+            type=["null", "string"],
+            section=section,
+            description="Teacher: OpenAI-compatible base URL (…/v1).",
         ),
         "teacher_model": Param(
-            "", type="string", section=section, description="Teacher: model name it serves."
+            None, type=["null", "string"], section=section, description="Teacher: model name it serves."
         ),
         "teacher_api_key": Param(
-            "", type="string", section=section, description="Teacher: bearer key, if the server wants one."
+            None,
+            type=["null", "string"],
+            section=section,
+            description="Teacher: bearer key, if the server wants one.",
         ),
         "distill_student": Param(
             fields["student"].default,
@@ -288,8 +294,8 @@ def resume_params(section: str = "Checkpoints and resume") -> dict[str, Any]:
 
     return {
         "resume_from": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             section=section,
             description="Empty: a retried task continues from this run's newest checkpoint (if any). Otherwise a "
             "checkpoint URI (<output_uri>/checkpoints/checkpoint-<step>) or another run's output_uri.",
