@@ -25,7 +25,7 @@ def test_health_check_runs_before_the_spec_and_training(dag):
 
 def test_retrain_params_default_to_a_fresh_training(dag):
     params = dag.params
-    assert params["retrain_of"] == "" and params["overrides"] == {}
+    assert params["retrain_of"] is None and params["overrides"] == {}
     assert params.get_param("overrides").schema["type"] == "object"
     assert params.get_param("retrain_of").schema["section"] == "Retrain"
 
