@@ -48,6 +48,21 @@ from tasks.specs import GenerationParams
             section="Model",
             description="Model name at that endpoint (default: the registered name).",
         ),
+        "endpoint_conn_id": Param(
+            None,
+            type=["null", "string"],
+            section="Model",
+            description="Airflow Connection whose password is that endpoint's bearer key (keys never go "
+            "into Params, specs or logs).",
+        ),
+        "endpoint_api_key_env": Param(
+            None,
+            type=["null", "string"],
+            pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+            section="Model",
+            description="Or the environment variable of the worker (forgeflow-env secret on Kubernetes) "
+            "holding the key.",
+        ),
         "backend": Param(
             "auto",
             enum=["auto", "vllm", "fallback"],

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -29,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tasks.engine import result_uri_for, write_spec
 from tasks.procs import kill_tree
 from tasks.settings import PROJECT_ROOT, get_settings
-from tasks.specs import DistributedConfig, Spec, slug
+from tasks.specs import DistributedConfig, Endpoint, Spec, slug
 from tasks.storage import Lake
 from tasks.version import code_version
 from trainers.diagnose import LogScanner, format_findings
@@ -132,6 +133,50 @@ def read_result(spec_uri: str, lake: Lake | None = None) -> dict[str, Any]:
     return result
 
 
+def _endpoints(node: Any) -> Iterator[dict[str, Any]]:
+    """Every endpoint section of a spec document (a dict with ``base_url``), however deep."""
+    if isinstance(node, dict):
+        if "base_url" in node:
+            yield node
+        for v in node.values():
+            yield from _endpoints(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _endpoints(v)
+
+
+def endpoint_keys(spec_uri: str, lake: Lake | None = None) -> dict[str, str]:
+    """Environment variables for the engine: the password of each Airflow Connection a spec's endpoint names
+    (``api_key_conn_id``), under the endpoint's ``api_key_env``. The key goes to the child's environment
+    only, never to the spec, the lake or the log."""
+    try:
+        raw = (lake or Lake.from_settings()).read_json(spec_uri)
+    except Exception:
+        return {}  # the engine reports an unreadable spec itself
+    out: dict[str, str] = {}
+    for ep in _endpoints(raw):
+        conn_id = ep.get("api_key_conn_id")
+        if not conn_id:
+            continue
+        env_name = Endpoint.model_validate(ep).api_key_env
+        try:
+            from airflow.sdk import Connection
+
+            password = Connection.get(conn_id).password
+        except Exception as e:
+            raise ValueError(
+                f"{spec_uri}: endpoint {ep.get('base_url')} names the Airflow Connection {conn_id!r}, which "
+                f"cannot be read here ({type(e).__name__}: {e}); define it (Admin > Connections, or "
+                f"AIRFLOW_CONN_{conn_id.upper()}) or give the key in the environment variable {env_name}"
+            ) from e
+        if not password:
+            raise ValueError(
+                f"{spec_uri}: the Airflow Connection {conn_id!r} has no password (the bearer key)"
+            )
+        out[str(env_name)] = password
+    return out
+
+
 class LocalRunner:
     """Runs the engine as a child process in its own process group; its output goes to our log."""
 
@@ -151,7 +196,7 @@ class LocalRunner:
 
     def command(self, engine: str, spec_uri: str) -> tuple[list[str], dict[str, str]]:
         """The command line and environment: the engine itself, or torchrun for several processes."""
-        env = self.env()
+        env = self.env() | endpoint_keys(spec_uri)
         dist = distributed_config(spec_uri)
         if dist.nodes > 1:
             raise ValueError(

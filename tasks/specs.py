@@ -7,6 +7,7 @@ reported by name before any work starts.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Annotated, Any, Literal
 
@@ -544,11 +545,9 @@ class TrainSpec(Spec):
         return None if v is None else check_name(v, "register_as")
 
     def redacted(self) -> dict[str, Any]:
-        """The spec as JSON data for logs, MLflow and the model directory: the teacher's API key masked."""
-        data = self.model_dump(mode="json")
-        if (data.get("teacher") or {}).get("api_key"):
-            data["teacher"]["api_key"] = "***"
-        return data
+        """The spec as JSON data for logs, MLflow and the model directory (it holds no secret: an endpoint
+        names where its key is, never the key)."""
+        return self.model_dump(mode="json")
 
     @model_validator(mode="after")
     def _teacher_for_distill(self) -> TrainSpec:
@@ -585,12 +584,63 @@ class GenerationParams(BaseModel):
     seed: int | None = Field(default=0, description="Sampling seed where the server supports it.")
 
 
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class KeyMissing(RuntimeError):
+    """An endpoint names a key variable that the engine's environment does not hold."""
+
+
 class Endpoint(BaseModel):
+    """An OpenAI-compatible server. Its bearer key is never part of a spec (specs go to the lake, MLflow
+    and logs): the spec names the environment variable the engine reads it from (``api_key_env``) and,
+    for runs from Airflow, the Connection whose password the runner puts there (``api_key_conn_id``)."""
+
     model_config = ConfigDict(extra="forbid")
 
     base_url: str = Field(description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.")
     model: str = Field(description="Model name the server knows.")
-    api_key: str | None = Field(default=None, description="Bearer key, if the server wants one.")
+    api_key_env: str | None = Field(
+        default=None,
+        pattern=ENV_NAME,
+        description="Environment variable holding the bearer key, if the server wants one (read by the "
+        "engine at run time; on Kubernetes put it in the forgeflow-env secret).",
+    )
+    api_key_conn_id: str | None = Field(
+        default=None,
+        description="Airflow Connection whose password is the bearer key: the runner resolves it and hands "
+        "it to the engine in api_key_env (default FORGEFLOW_KEY_<CONN_ID>).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_key_in_specs(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "api_key" in data:
+            if data.get("api_key") not in (None, "", "***"):
+                raise ValueError(
+                    "api_key: a key is never written into a spec; put it in an environment variable and name "
+                    "that in api_key_env (or, from Airflow, an Airflow Connection in api_key_conn_id)"
+                )
+            data = {k: v for k, v in data.items() if k != "api_key"}  # null / masked: earlier specs
+        return data
+
+    @model_validator(mode="after")
+    def _env_for_conn(self) -> Endpoint:
+        if self.api_key_conn_id and not self.api_key_env:
+            self.api_key_env = "FORGEFLOW_KEY_" + re.sub(r"[^A-Za-z0-9]", "_", self.api_key_conn_id).upper()
+        return self
+
+    def bearer_key(self) -> str | None:
+        """The key from the engine's environment (None when the endpoint needs none)."""
+        if not self.api_key_env:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise KeyMissing(
+                f"endpoint {self.base_url}: the environment variable {self.api_key_env} holding its key is not "
+                "set" + (f" (Airflow Connection {self.api_key_conn_id!r})" if self.api_key_conn_id else "")
+            )
+        return key
 
 
 class EvalSpec(Spec):

@@ -236,7 +236,8 @@ def distill_fields(params: dict[str, Any], method: str) -> dict[str, Any]:
     teacher = Endpoint(
         base_url=params["teacher_base_url"],
         model=params["teacher_model"],
-        api_key=params.get("teacher_api_key") or None,
+        api_key_env=params.get("teacher_api_key_env") or None,
+        api_key_conn_id=params.get("teacher_conn_id") or None,
     )
     distill = {k: v for k, v in _strip(params, "distill_").items() if v is not None}
     return {"teacher": teacher, "distill": DistillConfig(**distill)}
@@ -257,11 +258,20 @@ def distill_params(section: str = "Distillation (method distill)") -> dict[str, 
         "teacher_model": Param(
             None, type=["null", "string"], section=section, description="Teacher: model name it serves."
         ),
-        "teacher_api_key": Param(
+        "teacher_conn_id": Param(
             None,
             type=["null", "string"],
             section=section,
-            description="Teacher: bearer key, if the server wants one.",
+            description="Teacher: Airflow Connection whose password is the bearer key, if the server wants "
+            "one (keys never go into Params, specs or logs).",
+        ),
+        "teacher_api_key_env": Param(
+            None,
+            type=["null", "string"],
+            pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+            section=section,
+            description="Teacher: or the environment variable of the worker (or of the forgeflow-env secret "
+            "on Kubernetes) that holds the key.",
         ),
         "distill_student": Param(
             fields["student"].default,
@@ -469,11 +479,12 @@ def build_retrain_spec(retrain_of: str, overrides: dict[str, Any], run_key: str)
     doc = _merge(_source_spec(run), changes)
     if "base_model" not in changes:
         doc["base_model"] = _pinned_base(str(doc.get("base_model", "")), run)
-    if (doc.get("teacher") or {}).get("api_key") == "***":
+    teacher = doc.get("teacher") or {}
+    if teacher.get("api_key") == "***" and not (teacher.get("api_key_env") or teacher.get("api_key_conn_id")):
         raise RetrainError(
-            f"retrain of {run.info.run_id}: its teacher's API key is masked in spec.json (never stored); give it "
-            'as the override {"teacher.api_key": ...} or retrain against a teacher that needs none '
-            '({"teacher.api_key": null})'
+            f"retrain of {run.info.run_id}: its teacher needed a key, which spec.json never held; say where it "
+            'is with the override {"teacher.api_key_conn_id": CONN_ID} (an Airflow Connection) or '
+            '{"teacher.api_key_env": VAR} (an environment variable of the engine)'
         )
     doc.update(
         run_key=run_key,

@@ -144,7 +144,8 @@ def endpoint_client(endpoint: Endpoint, concurrency: int) -> Iterator[tuple[http
     import httpx
 
     url = endpoint.base_url.rstrip("/") + "/chat/completions"
-    headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
+    key = endpoint.bearer_key()
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     timeout = httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
     limits = httpx.Limits(max_connections=concurrency)
     with httpx.Client(headers=headers, timeout=timeout, limits=limits) as http:

@@ -99,6 +99,7 @@ class FakeChatServer:
     def __init__(self, answers: dict[str, str | dict]):
         self.answers = answers
         self.requests: list[dict] = []
+        self.auth: list[str | None] = []  # the Authorization header of each request
         self._seen_slow: set[str] = set()
         server = self
 
@@ -109,6 +110,7 @@ class FakeChatServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests.append(body)
+                server.auth.append(self.headers.get("Authorization"))
                 question = body["messages"][-1]["content"]
                 if self.path != "/v1/chat/completions":
                     return self._send(404, {"error": "not found"})

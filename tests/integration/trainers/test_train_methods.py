@@ -296,6 +296,7 @@ def test_distill_checks_teacher_answers_writes_them_and_trains(
     from tasks.registry import client
 
     monkeypatch.setattr(ev, "RETRY_BACKOFF_S", 0.01)
+    monkeypatch.setenv("FORGEFLOW_TEST_TEACHER_KEY", "sk-secret-4417")
     rows, answers = _distill_rows()
     write_version(forgeflow_home / "lake" / "datasets" / "distill-q" / "v1", rows)
     out_dir = forgeflow_home / "lake" / "models" / "distill-1"
@@ -306,7 +307,11 @@ def test_distill_checks_teacher_answers_writes_them_and_trains(
             tiny=tiny_model,
             train_uri=_lake(forgeflow_home, "datasets", "distill-q", "v1"),
             output_uri=out_dir.as_uri(),
-            teacher={"base_url": server.base_url, "model": "big-teacher", "api_key": "sk-secret"},
+            teacher={
+                "base_url": server.base_url,
+                "model": "big-teacher",
+                "api_key_env": "FORGEFLOW_TEST_TEACHER_KEY",
+            },
             distill={
                 "generation": {"max_tokens": 64, "temperature": 0.0},
                 "rules": {"match_language": True, "min_chars": 4},
@@ -341,8 +346,13 @@ def test_distill_checks_teacher_answers_writes_them_and_trains(
     run = client().get_run(r["mlflow_run_id"])
     assert run.data.metrics["teacher_accepted"] == 18 and run.data.metrics["teacher_rejected"] == 6
     assert run.data.metrics["teacher_accept_ratio"] == pytest.approx(0.75)
-    assert run.data.params["teacher.api_key"] == "***"  # the key never reaches MLflow
-    assert "sk-secret" not in (out_dir / "model" / "forgeflow.json").read_text()
+    assert set(server.auth) == {"Bearer sk-secret-4417"}  # the engine read it from its environment
+    assert run.data.params["teacher.api_key_env"] == "FORGEFLOW_TEST_TEACHER_KEY"
+    # the key itself reaches no file of the lake and nothing MLflow stored
+    for root in (forgeflow_home / "lake", forgeflow_home / "mlflow"):
+        for f in root.rglob("*"):
+            if f.is_file() and f.stat().st_size < 50_000_000:
+                assert b"sk-secret-4417" not in f.read_bytes(), f
     artifacts = {a.path for a in client().list_artifacts(run.info.run_id, "teacher")}
     assert artifacts == {"teacher/rejects.jsonl", "teacher/manifest.json"}
     # the student learned from the teacher: its tokenizer (trained on the data) knows the teacher's words

@@ -105,29 +105,32 @@ def test_bad_overrides_name_the_field(ff_home):
             build_retrain_spec(source, overrides, "k")
 
 
-def test_a_masked_teacher_key_must_be_given_again(ff_home):
+def test_a_teacher_key_is_referenced_never_stored(ff_home):
     import mlflow
 
     from tasks.registry import client, ensure_experiment
 
+    teacher = {"base_url": "http://127.0.0.1:9/v1", "model": "teacher", "api_key_conn_id": "teacher-llm"}
     spec = TrainSpec(
         run_key="distill-1",
         method="distill",
-        teacher={"base_url": "http://127.0.0.1:9/v1", "model": "teacher", "api_key": "secret"},
+        teacher=teacher,
         train_uri="file:///lake/datasets/sft/v1",
         output_uri="file:///lake/models/old",
     )
+    old = {**spec.redacted(), "teacher": {**teacher, "api_key_conn_id": None, "api_key": "***"}}
     client()
-    with mlflow.start_run(
-        experiment_id=ensure_experiment("forgeflow-train"), tags={RUN_KEY_TAG: "distill-1"}
-    ):
+    experiment = ensure_experiment("forgeflow-train")
+    with mlflow.start_run(experiment_id=experiment, tags={RUN_KEY_TAG: "distill-1"}):
         mlflow.log_dict(spec.redacted(), "spec.json")
-    with pytest.raises(RetrainError, match="teacher's API key is masked"):
-        build_retrain_spec("distill-1", {}, "k")
-    again = load_spec(
-        build_retrain_spec("distill-1", {"teacher.api_key": "secret"}, "k2")["spec_uri"], TrainSpec
-    )
-    assert again.teacher.api_key == "secret"
+    with mlflow.start_run(experiment_id=experiment, tags={RUN_KEY_TAG: "distill-0"}):
+        mlflow.log_dict(old, "spec.json")  # written when specs still held a masked key
+    again = load_spec(build_retrain_spec("distill-1", {}, "k")["spec_uri"], TrainSpec)
+    assert again.teacher.api_key_conn_id == "teacher-llm"  # the reference survives, no key to give again
+    with pytest.raises(RetrainError, match="never held; say where it is"):
+        build_retrain_spec("distill-0", {}, "k2")
+    fixed = build_retrain_spec("distill-0", {"teacher.api_key_env": "TEACHER_KEY"}, "k3")
+    assert load_spec(fixed["spec_uri"], TrainSpec).teacher.api_key_env == "TEACHER_KEY"
 
 
 def test_unknown_runs_and_runs_without_a_spec(ff_home):

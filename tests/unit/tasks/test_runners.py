@@ -278,3 +278,26 @@ def test_stop_ends_children_that_left_the_group(tmp_path):
     finally:
         with contextlib.suppress(psutil.Error):
             child.kill()
+
+
+def test_an_endpoint_key_reaches_the_engine_environment_only(ff_home, monkeypatch):
+    """A Connection named by an endpoint is resolved by the runner into the child's environment; the spec in
+    the lake holds its name, never the key."""
+    from tasks.runners import LocalRunner
+    from tasks.specs import EvalSpec
+
+    monkeypatch.setenv("AIRFLOW_CONN_TEACHER_LLM", '{"conn_type": "http", "password": "sk-conn-9931"}')
+    lake = Lake.from_settings()
+    spec = EvalSpec(
+        run_key="e1",
+        endpoint={"base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_conn_id": "teacher_llm"},
+        dataset_uri="file:///d",
+        output_uri="file:///o",
+    )
+    uri = write_spec(spec, lake.uri("specs", "e1", "spec.json"))
+    _, env = LocalRunner().command("trainers.evaluate", uri)
+    assert env["FORGEFLOW_KEY_TEACHER_LLM"] == "sk-conn-9931"
+    assert "sk-conn-9931" not in lake.read_text(uri)
+    monkeypatch.delenv("AIRFLOW_CONN_TEACHER_LLM")
+    with pytest.raises(ValueError, match="names the Airflow Connection 'teacher_llm', which cannot be read"):
+        LocalRunner().command("trainers.evaluate", uri)

@@ -13,9 +13,20 @@ from tasks.specs import ProcessSpec, TrainSpec
 from tasks.training import HealthCheckFailed, build_train_spec, dataset_from_trigger, health_check
 
 PROCESS_PARAMS = {
-    "scene": "general", "dataset": "alpaca-zh", "usage": "sft", "source": "shared://sft/alpaca_zh_demo.json",
-    "format": "alpaca", "field_map": {}, "source_label": "", "max_reject_ratio": 0.1, "recipe": "standard-clean",
-    "num_executors": 2, "executor_cores": 2, "executor_memory_gb": 4, "driver_cores": 2, "driver_memory_gb": 4,
+    "scene": "general",
+    "dataset": "alpaca-zh",
+    "usage": "sft",
+    "source": "shared://sft/alpaca_zh_demo.json",
+    "format": "alpaca",
+    "field_map": {},
+    "source_label": "",
+    "max_reject_ratio": 0.1,
+    "recipe": "standard-clean",
+    "num_executors": 2,
+    "executor_cores": 2,
+    "executor_memory_gb": 4,
+    "driver_cores": 2,
+    "driver_memory_gb": 4,
     "spark_conf": {"spark.sql.ansi.enabled": True},
 }
 
@@ -75,8 +86,15 @@ def _publish(usage: str) -> str:
 
 
 TRAIN_PARAMS = {
-    "method": "sft_lora", "base_model": "models:/base/1", "validation_split": 0.05, "experiment": "e",
-    "register_as": "chat", "merge_lora": True, "hp_epochs": None, "hp_learning_rate": 1e-4, "hp_batch_size": None,
+    "method": "sft_lora",
+    "base_model": "models:/base/1",
+    "validation_split": 0.05,
+    "experiment": "e",
+    "register_as": "chat",
+    "merge_lora": True,
+    "hp_epochs": None,
+    "hp_learning_rate": 1e-4,
+    "hp_batch_size": None,
     "tiny_hidden_size": 256,
 }
 
@@ -96,11 +114,21 @@ def test_train_spec_resumes_its_own_latest_checkpoint_unless_told_otherwise(ff_h
     ref = _publish("sft")
     spec = load_spec(build_train_spec(TRAIN_PARAMS, "model_train/r1", ref)["spec_uri"], TrainSpec)
     assert (spec.resume.from_uri, spec.resume.mode, spec.resume.if_missing) == ("latest", "continue", "start")
-    other = resume_spec({"resume_from": "s3://lake/models/r0", "resume_mode": "continue_skip", "resume_skip_samples": 64})
-    assert (other.from_uri, other.mode, other.skip_samples, other.if_missing) == (
-        "s3://lake/models/r0", "continue_skip", 64, "fail",
+    other = resume_spec(
+        {"resume_from": "s3://lake/models/r0", "resume_mode": "continue_skip", "resume_skip_samples": 64}
     )
-    assert resume_spec({"resume_from": "s3://x", "resume_mode": "weights_only", "resume_skip_samples": 5}).skip_samples == 0
+    assert (other.from_uri, other.mode, other.skip_samples, other.if_missing) == (
+        "s3://lake/models/r0",
+        "continue_skip",
+        64,
+        "fail",
+    )
+    assert (
+        resume_spec(
+            {"resume_from": "s3://x", "resume_mode": "weights_only", "resume_skip_samples": 5}
+        ).skip_samples
+        == 0
+    )
 
 
 def test_train_spec_takes_the_distributed_params(ff_home):
@@ -111,7 +139,9 @@ def test_train_spec_takes_the_distributed_params(ff_home):
     assert params["dist_processes"].schema["minimum"] == 1 and params["dist_deepspeed"].value == "none"
     ref = _publish("sft")
     chosen = {"dist_deepspeed": "zero3", "dist_processes": 2, "dist_nodes": 1, "dist_min_nodes": None}
-    spec = load_spec(build_train_spec({**TRAIN_PARAMS, **chosen}, "model_train/r2", ref)["spec_uri"], TrainSpec)
+    spec = load_spec(
+        build_train_spec({**TRAIN_PARAMS, **chosen}, "model_train/r2", ref)["spec_uri"], TrainSpec
+    )
     assert spec.distributed.deepspeed == "zero3" and spec.distributed.world_size == 2
     # a DAG without these Params trains as one process
     spec = load_spec(build_train_spec(TRAIN_PARAMS, "model_train/r3", ref)["spec_uri"], TrainSpec)
@@ -192,12 +222,26 @@ def test_distill_params_become_the_teacher_and_the_rules(ff_home):
     with pytest.raises(ValueError, match="method distill needs the teacher: set the teacher_base_url"):
         build_train_spec(distill, "model_train/d0", ref)
     chosen = {
-        "teacher_base_url": "http://127.0.0.1:9/v1", "teacher_model": "big", "teacher_api_key": "",
-        "distill_student": "lora", "distill_min_accept_ratio": 0.8, "distill_concurrency": None,
+        "teacher_base_url": "http://127.0.0.1:9/v1",
+        "teacher_model": "big",
+        "teacher_conn_id": "teacher-llm",
+        "distill_student": "lora",
+        "distill_min_accept_ratio": 0.8,
+        "distill_concurrency": None,
     }
     spec = load_spec(build_train_spec({**distill, **chosen}, "model_train/d1", ref)["spec_uri"], TrainSpec)
-    assert spec.teacher.base_url == "http://127.0.0.1:9/v1" and spec.teacher.api_key is None
-    assert spec.distill.student == "lora" and spec.distill.min_accept_ratio == 0.8 and spec.distill.concurrency == 4
+    assert spec.teacher.base_url == "http://127.0.0.1:9/v1" and spec.teacher.api_key_conn_id == "teacher-llm"
+    assert spec.teacher.api_key_env == "FORGEFLOW_KEY_TEACHER_LLM"
+    assert (
+        spec.distill.student == "lora"
+        and spec.distill.min_accept_ratio == 0.8
+        and spec.distill.concurrency == 4
+    )
     assert spec.chat_template == "qwen2"
     # other methods ignore the teacher Params
-    assert load_spec(build_train_spec({**TRAIN_PARAMS, **chosen}, "model_train/d2", ref)["spec_uri"], TrainSpec).teacher is None
+    assert (
+        load_spec(
+            build_train_spec({**TRAIN_PARAMS, **chosen}, "model_train/d2", ref)["spec_uri"], TrainSpec
+        ).teacher
+        is None
+    )

@@ -3,13 +3,11 @@ the pairwise loss and accuracy, teacher-answer rules, spec validation and the ML
 
 from __future__ import annotations
 
-import json
-
 import httpx
 import pytest
 from pydantic import ValidationError
 
-from tasks.specs import AnswerRules, HyperParams, TrainSpec
+from tasks.specs import AnswerRules, HyperParams, KeyMissing, TrainSpec
 from trainers.data import DataError, RankedAnswer, RankingRecord, preferred, ranking_records
 from trainers.evaluate import Completion
 
@@ -331,10 +329,21 @@ def _train(**kw) -> TrainSpec:
 def test_distill_spec_needs_a_teacher_and_masks_its_key():
     with pytest.raises(ValidationError, match="method distill needs a teacher"):
         _train(method="distill")
-    spec = _train(method="distill", teacher={"base_url": "http://t/v1", "model": "big", "api_key": "sk-1"})
+    with pytest.raises(ValidationError, match="api_key: a key is never written into a spec"):
+        _train(method="distill", teacher={"base_url": "http://t/v1", "model": "big", "api_key": "sk-1"})
+    spec = _train(method="distill", teacher={"base_url": "http://t/v1", "model": "big", "api_key_env": "K1"})
     assert spec.distill.generation.max_tokens == 512 and spec.distill.student == "full"
-    assert spec.redacted()["teacher"]["api_key"] == "***" and spec.teacher.api_key == "sk-1"
-    assert "sk-1" not in json.dumps(spec.redacted())
+    assert spec.redacted()["teacher"]["api_key_env"] == "K1"
+    with pytest.raises(KeyMissing, match="environment variable K1"):
+        spec.teacher.bearer_key()
+    conn = _train(
+        method="distill", teacher={"base_url": "http://t/v1", "model": "big", "api_key_conn_id": "my-llm"}
+    )
+    assert conn.teacher.api_key_env == "FORGEFLOW_KEY_MY_LLM"
+    # a spec written before keys left specs (masked or null) still loads, without the key
+    assert _train(
+        method="distill", teacher={"base_url": "http://t/v1", "model": "b", "api_key": "***"}
+    ).teacher
     assert _train(method="sft_full").redacted()["teacher"] is None
     with pytest.raises(ValidationError, match="merge_lora=false keeps only the adapter"):
         _train(
