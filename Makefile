@@ -31,7 +31,7 @@ status: venv
 	$(VENV)/bin/forgeflow status
 
 test: install
-	$(VENV)/bin/pytest -p no:cacheprovider
+	$(VENV)/bin/pytest -p no:cacheprovider --durations=20
 
 test-fast: venv
 	$(VENV)/bin/pytest -p no:cacheprovider -m "not slow and not e2e and not vllm"

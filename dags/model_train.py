@@ -31,8 +31,9 @@ from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 from tasks.assets import dataset_asset_name, dataset_asset_uri
 from tasks.dagkit import DEFAULT_ARGS, engine_step, params_from_model, run_key
-from tasks.specs import Method, TinyModelConfig
+from tasks.specs import Method, PodResources, TinyModelConfig
 from tasks.training import (
+    POD_PREFIX,
     TINY_PREFIX,
     distill_params,
     distributed_params,
@@ -116,8 +117,14 @@ from tasks.training import (
             minimum=0,
             maximum=16,
             section="Resources",
-            description="GPUs the run needs; the health check fails when fewer are visible.",
+            description="GPUs per node (one training process each); on Kubernetes each node's pod asks for "
+            "them, and the health check fails when fewer are visible.",
         ),
+        **{
+            name: p
+            for name, p in params_from_model(PodResources, prefix=POD_PREFIX, section="Resources").items()
+            if name != POD_PREFIX + "gpus"
+        },
         "chat_template": Param(
             None,
             type=["null", "string"],

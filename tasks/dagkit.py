@@ -16,7 +16,7 @@ from tasks.settings import get_settings
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator, XComArg
 
-    from tasks.runners import PodResources
+    from tasks.specs import PodResources
 
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "forgeflow",
@@ -54,6 +54,8 @@ def params_from_model(
         if origin is typing.Literal:
             kwargs["enum"] = list(args)
             jtype = _JSON_TYPES.get(type(args[0]), "string")
+        elif origin in (dict, list):  # dict[str, str], list[dict[...]]: the container is the JSON type
+            jtype = _JSON_TYPES[origin]
         else:
             base = next((a for a in args if a is not type(None)), ann) if args else ann
             jtype = _JSON_TYPES.get(typing.get_origin(base) or base, "string")
@@ -83,9 +85,21 @@ def engine_step(
     """Run ``engine`` on the spec at ``spec_uri`` with the configured runner (local or Kubernetes).
 
     ``resources`` and ``processes`` (torchrun processes, one per GPU) shape the Kubernetes pod; the local
-    runner reads the processes from the spec itself.
+    runner reads the processes from the spec itself. Training on Kubernetes reads all of it from the spec
+    when the task runs (TrainOnKubernetesOperator: a pod for one node, a PyTorchJob for more).
     """
     timeout = execution_timeout or timedelta(hours=6)
+    if get_settings().runner == "kubernetes" and engine == "trainers.train":
+        from tasks.k8s_training import TrainOnKubernetesOperator
+
+        upstream = spec_uri.operator.task_id
+        op = TrainOnKubernetesOperator(
+            task_id=task_id,
+            spec_uri="{{ ti.xcom_pull(task_ids='" + upstream + "') }}",
+            execution_timeout=timeout,
+        )
+        spec_uri.operator >> op
+        return op
     if get_settings().runner == "kubernetes":
         from tasks.runners import engine_pod_operator
 

@@ -31,7 +31,6 @@ from tasks.runners import (
     ENGINE_SECRET,
     RANK_PREFIX_TEMPLATE,
     EngineFailed,
-    PodResources,
     pod_env,
     pod_labels,
     pod_resources,
@@ -39,7 +38,7 @@ from tasks.runners import (
     read_result,
 )
 from tasks.settings import PROJECT_ROOT, get_settings
-from tasks.specs import TrainSpec, slug
+from tasks.specs import PodResources, TrainSpec, slug
 
 log = logging.getLogger("forgeflow.k8s_training")
 # every torchrun line in the pod log names its rank (the local runner does the same)
@@ -265,9 +264,9 @@ def job_state(job: dict[str, Any]) -> tuple[str, str]:
 class PyTorchJobOperator(BaseOperator):
     """Submit the PyTorchJob for a training spec, wait for it to finish, return the engine's result.
 
-    ``spec_uri`` is templated (the build_spec task's XCom) and so is ``node_resources`` when given as a
-    dict of PodResources fields (e.g. ``{"gpus": "{{ params.gpus }}"}``): nodes, processes and resources
-    are then all decided when the run starts. The manifest is built when the task runs, from the spec
+    ``spec_uri`` is templated (the build_spec task's XCom); the spec's ``resources`` are each node's pod
+    unless ``node_resources`` (templated too, a dict of PodResources fields) replaces them: nodes,
+    processes and resources are all decided when the run starts. The manifest is built when the task runs, from the spec
     itself, and validated before anything reaches the cluster. A retried task whose job
     still exists (same spec URI) waits on that job instead of submitting a second one; killing the task
     deletes the job.
@@ -286,7 +285,7 @@ class PyTorchJobOperator(BaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.spec_uri = spec_uri
-        self.node_resources = node_resources or PodResources()  # `resources` is BaseOperator's
+        self.node_resources = node_resources  # None: the spec's own; `resources` is BaseOperator's
         self.kubernetes_conn_id = kubernetes_conn_id
         self.poll_interval_s = poll_interval_s
         self._job: tuple[str, str] | None = None  # (namespace, name) once submitted
@@ -297,7 +296,9 @@ class PyTorchJobOperator(BaseOperator):
 
         spec = load_spec(self.spec_uri, TrainSpec)
         resources = self.node_resources
-        if not isinstance(resources, PodResources):
+        if resources is None:
+            resources = spec.resources
+        elif not isinstance(resources, PodResources):
             resources = PodResources.model_validate(resources)
         timeout = self.execution_timeout.total_seconds() if self.execution_timeout else None
         manifest = pytorchjob_manifest(
@@ -372,3 +373,38 @@ class PyTorchJobOperator(BaseOperator):
             namespace, name = self._job
             log.info("deleting PyTorchJob %s/%s", namespace, name)
             self.api().delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+
+def training_pod(spec: TrainSpec, spec_uri: str, task_id: str = "train", **kwargs: Any) -> Any:
+    """The engine pod for a one-node training spec: its ``resources`` (GPUs, CPU, memory) and, for several
+    processes, ``torchrun --standalone --nproc_per_node N``."""
+    from tasks.runners import engine_pod_operator
+
+    return engine_pod_operator(
+        task_id, ENGINE, spec_uri, spec.resources, spec.distributed.processes, **kwargs
+    )
+
+
+class TrainOnKubernetesOperator(PyTorchJobOperator):
+    """model_train's train step on Kubernetes, decided by the spec when the task runs: one node is a pod
+    (:func:`training_pod`), more nodes a PyTorchJob (Master + Workers). Either way the GPUs, CPU and memory
+    are the spec's ``resources`` and the processes and nodes its ``distributed``."""
+
+    def launcher(self) -> tuple[str, Any]:
+        """("pod", the pod operator) or ("pytorchjob", the manifest) for the rendered spec_uri."""
+        from tasks.engine import load_spec
+
+        spec = load_spec(self.spec_uri, TrainSpec)
+        if spec.distributed.nodes > 1:
+            return "pytorchjob", self.manifest()
+        return "pod", training_pod(
+            spec, self.spec_uri, task_id=self.task_id, execution_timeout=self.execution_timeout
+        )
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        kind, launch = self.launcher()
+        if kind == "pytorchjob":
+            return super().execute(context)
+        log.info("one node: running the training in a pod (%s)", launch.task_id)
+        launch.execute(context)
+        return read_result(self.spec_uri)

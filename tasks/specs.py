@@ -424,6 +424,109 @@ class ResumeSpec(BaseModel):
 DEEPSPEED_PRESETS = ("zero2", "zero3")
 
 
+# A Kubernetes resource quantity (k8s.io/apimachinery resource.Quantity; the pattern CRDs use).
+QUANTITY_RE = re.compile(
+    r"^(?P<num>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
+    r"(?P<suffix>[KMGTPE]i|[numkMGTPE]|[eE][+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))?$"
+)
+_FACTORS = {
+    "n": 1e-9, "u": 1e-6, "m": 1e-3, "": 1.0,
+    "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}  # fmt: skip
+
+
+def parse_quantity(q: str, field: str = "quantity") -> float:
+    """A Kubernetes quantity ('500m', '8Gi', '2', '1e3') as a number; a clear error for anything else."""
+    m = QUANTITY_RE.match(str(q).strip())
+    if not m:
+        hint = " (Kubernetes spells gigabytes G or Gi, not GB)" if re.search(r"[KMGTPE]B$", str(q)) else ""
+        raise ValueError(
+            f"{field} {q!r} is not a Kubernetes quantity{hint}: use e.g. '4', '500m' (CPU), '16Gi' or '16G' (memory)"
+        )
+    number, suffix = float(m["num"]), m["suffix"] or ""
+    if suffix[:1] in ("e", "E"):
+        return number * 10 ** float(suffix[1:])
+    return number * _FACTORS[suffix]
+
+
+def _quantity(q: str) -> float:
+    """A Kubernetes quantity as a number, for request <= limit checks ('500m', '8Gi', '2')."""
+    return parse_quantity(q)
+
+
+TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
+TOLERATION_EFFECTS = {"", "NoSchedule", "PreferNoSchedule", "NoExecute"}
+
+
+class PodResources(BaseModel):
+    """Resources of an engine pod (for a PyTorchJob: of each node's pod).
+
+    Seed rule: requests may not exceed limits (recommended 4 / 8 CPUs). Quantities are Kubernetes
+    quantities ('500m', '16Gi'); a GPU pod gets ``nvidia.com/gpu`` as request and limit, a memory-backed
+    /dev/shm of ``shm_size`` (NCCL and data loaders need more than the container default of 64 MB).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpu_request: str = Field(default="4", description="CPU request.")
+    cpu_limit: str = Field(default="8", description="CPU limit.")
+    memory_request: str = Field(default="16Gi", description="Memory request.")
+    memory_limit: str = Field(default="32Gi", description="Memory limit.")
+    gpus: int = Field(default=0, ge=0, le=16, description="NVIDIA GPUs (nvidia.com/gpu).")
+    shm_size: str = Field(default="8Gi", description="Size of /dev/shm (NCCL and data loaders need it).")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pod needs.")
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Kubernetes tolerations: {key, operator (Exists|Equal), value, effect, tolerationSeconds}.",
+    )
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> PodResources:
+        values = {
+            name: parse_quantity(getattr(self, name), name)
+            for name in ("cpu_request", "cpu_limit", "memory_request", "memory_limit", "shm_size")
+        }
+        for name, value in values.items():
+            if value <= 0:
+                raise ValueError(f"{name} {getattr(self, name)!r} must be positive")
+        if values["cpu_request"] > values["cpu_limit"]:
+            raise ValueError(f"cpu_request {self.cpu_request} exceeds cpu_limit {self.cpu_limit}")
+        if values["memory_request"] > values["memory_limit"]:
+            raise ValueError(f"memory_request {self.memory_request} exceeds memory_limit {self.memory_limit}")
+        if values["shm_size"] > values["memory_limit"]:
+            raise ValueError(
+                f"shm_size {self.shm_size} exceeds memory_limit {self.memory_limit}: /dev/shm is memory "
+                "the container is charged for"
+            )
+        for i, t in enumerate(self.tolerations):
+            unknown = set(t) - TOLERATION_KEYS
+            if unknown:
+                raise ValueError(
+                    f"tolerations[{i}]: unknown key(s) {sorted(unknown)}; allowed: {sorted(TOLERATION_KEYS)}"
+                )
+            op = t.get("operator", "Equal")
+            if op not in ("Exists", "Equal"):
+                raise ValueError(f"tolerations[{i}].operator {op!r}: use Exists or Equal")
+            if op == "Exists" and t.get("value"):
+                raise ValueError(f"tolerations[{i}]: operator Exists takes no value")
+            if t.get("effect", "") not in TOLERATION_EFFECTS:
+                raise ValueError(
+                    f"tolerations[{i}].effect {t['effect']!r}: use NoSchedule, PreferNoSchedule or NoExecute"
+                )
+        return self
+
+    def v1_tolerations(self) -> list[Any] | None:
+        """The tolerations as kubernetes client objects (camelCase keys mapped to the client's names)."""
+        from kubernetes.client import models as k8s
+
+        out = []
+        for t in self.tolerations:
+            kw = {("toleration_seconds" if k == "tolerationSeconds" else k): v for k, v in t.items()}
+            out.append(k8s.V1Toleration(**kw))
+        return out or None
+
+
 class DistributedConfig(BaseModel):
     """How many processes train, on how many nodes, and whether DeepSpeed ZeRO shards the state.
 
@@ -533,6 +636,11 @@ class TrainSpec(Spec):
         default_factory=DistributedConfig,
         description="Processes, nodes and DeepSpeed ZeRO (default: one process, no DeepSpeed).",
     )
+    resources: PodResources = Field(
+        default_factory=PodResources,
+        description="What each node's pod asks of Kubernetes: GPUs (one process per GPU), CPU, memory, "
+        "/dev/shm, node selector, tolerations. The local runner ignores it.",
+    )
     retrain_of: str | None = Field(
         default=None,
         description="MLflow run id of the run this one retrains (lineage, tagged on the new run); set by "
@@ -548,6 +656,16 @@ class TrainSpec(Spec):
         """The spec as JSON data for logs, MLflow and the model directory (it holds no secret: an endpoint
         names where its key is, never the key)."""
         return self.model_dump(mode="json")
+
+    @model_validator(mode="after")
+    def _one_process_per_gpu(self) -> TrainSpec:
+        gpus, processes = self.resources.gpus, self.distributed.processes
+        if gpus and processes != gpus:
+            raise ValueError(
+                f"resources.gpus={gpus} but distributed.processes={processes}: a GPU run has one process per "
+                f"GPU; set distributed.processes to {gpus} (the dist_processes Param)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _teacher_for_distill(self) -> TrainSpec:

@@ -20,6 +20,7 @@ from tasks.specs import (
     DistributedConfig,
     Endpoint,
     HyperParams,
+    PodResources,
     ResumeSpec,
     TinyModelConfig,
     TrainSpec,
@@ -29,6 +30,7 @@ from tasks.storage import Lake
 
 HP_PREFIX = "hp_"
 TINY_PREFIX = "tiny_"
+POD_PREFIX = "pod_"  # Params of the spec's resources (each node's pod on Kubernetes), besides gpus
 DIST_PREFIX = "dist_"  # Params of the spec's distributed section (processes, nodes, DeepSpeed)
 
 
@@ -218,6 +220,10 @@ def build_train_spec(params: dict[str, Any], run_key: str, dataset_ref: str) -> 
         resume=resume_spec(params),
         distributed=DistributedConfig(
             **{k: v for k, v in _strip(params, DIST_PREFIX).items() if v is not None}
+        ),
+        resources=PodResources(
+            gpus=params.get("gpus") or 0,
+            **{k: v for k, v in _strip(params, POD_PREFIX).items() if v is not None and k != "gpus"},
         ),
         **distill_fields(params, method),
     )

@@ -25,8 +25,8 @@ from tasks.k8s_training import (
     to_yaml,
     validate_pytorchjob,
 )
-from tasks.runners import EngineFailed, PodResources, engine_pod_operator, render_pod
-from tasks.specs import DistributedConfig, TrainSpec
+from tasks.runners import EngineFailed, engine_pod_operator, render_pod
+from tasks.specs import DistributedConfig, PodResources, TrainSpec
 
 SPEC_URI = "s3://lake/runs/r/trainers-train/spec.json"
 GPU_NODE = PodResources(
@@ -296,3 +296,75 @@ def test_job_state_reads_the_conditions():
         job_state({"status": {"conditions": [{"type": "Running", "status": "False"}, done]}})[0]
         == "Succeeded"
     )
+
+
+def _dag_params(**chosen) -> dict:
+    """model_train's Params as the trigger form submits them: every default, plus ``chosen``."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from tasks.settings import PROJECT_ROOT
+
+    dag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "model_train.py")).dags["model_train"]
+    return {**{name: dag.params[name] for name in dag.params}, **chosen}
+
+
+def _published_sft() -> str:
+    from tasks.catalog import Catalog
+
+    cat = Catalog.from_settings()
+    cat.ensure_dataset("general", "k8s")
+    v = cat.commit_version("general", "k8s", run_key="r", uri="file:///v", usage="sft", record_count=3)
+    return cat.publish(v.ref).ref
+
+
+def test_model_train_on_kubernetes_carries_gpus_processes_and_nodes_from_the_spec(ff_home, monkeypatch):
+    """The spec the DAG's build_spec task writes decides the launch: one node is a pod with the GPUs and
+    torchrun processes it asks for; more nodes a PyTorchJob with a Master and Workers, each with them."""
+    from tasks.k8s_training import TrainOnKubernetesOperator
+    from tasks.training import build_train_spec
+
+    ref = _published_sft()
+    pod_params = {"pod_cpu_request": "16", "pod_cpu_limit": "32", "pod_memory_request": "200Gi",
+                  "pod_memory_limit": "400Gi", "pod_shm_size": "64Gi"}  # fmt: skip
+    one = build_train_spec(
+        _dag_params(method="sft_full", base_model="tiny", gpus=4, dist_processes=4, **pod_params),
+        "mt/one",
+        ref,
+    )["spec_uri"]
+    kind, pod_op = TrainOnKubernetesOperator(task_id="train", spec_uri=one).launcher()
+    assert kind == "pod"
+    pod = render_pod(pod_op)
+    kubernetes_validate.validate(pod, "1.30", strict=True)
+    c = pod["spec"]["containers"][0]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == c["resources"]["requests"]["nvidia.com/gpu"] == "4"
+    assert c["resources"]["requests"]["cpu"] == "16" and c["resources"]["limits"]["memory"] == "400Gi"
+    assert c["command"] == ["torchrun", "--standalone", "--nproc_per_node", "4", "-m", "trainers.train"]
+
+    many = build_train_spec(
+        _dag_params(method="sft_full", base_model="tiny", gpus=8, dist_processes=8, dist_nodes=3),
+        "mt/many",
+        ref,
+    )["spec_uri"]
+    kind, job = TrainOnKubernetesOperator(task_id="train", spec_uri=many).launcher()
+    assert kind == "pytorchjob"
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    assert replicas["Master"]["replicas"] == 1 and replicas["Worker"]["replicas"] == 2
+    for r in replicas.values():
+        container = r["template"]["spec"]["containers"][0]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
+        assert container["command"][:3] == ["torchrun", "--nnodes=3", "--nproc_per_node=8"]
+
+    with pytest.raises(ValueError, match="resources.gpus=4 but distributed.processes=1"):
+        build_train_spec(_dag_params(method="sft_full", base_model="tiny", gpus=4), "mt/bad", ref)
+
+
+def test_the_kubernetes_runner_wires_model_train_to_the_spec_deciding_operator(ff_home, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from tasks.settings import PROJECT_ROOT, get_settings
+
+    monkeypatch.setenv("FORGEFLOW_RUNNER", "kubernetes")
+    get_settings.cache_clear()
+    dag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / "model_train.py")).dags["model_train"]
+    assert type(dag.get_task("train")).__name__ == "TrainOnKubernetesOperator"
+    get_settings.cache_clear()

@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from tasks.engine import result_uri_for, write_spec
-from tasks.runners import EngineFailed, LocalRunner, PodResources, distributed_config, parse_quantity
-from tasks.specs import DistributedConfig
+from tasks.runners import EngineFailed, LocalRunner, distributed_config
+from tasks.specs import DistributedConfig, PodResources, parse_quantity
 from tasks.storage import Lake
 
 ECHO = "tests.unit.tasks.echo_engine"

@@ -30,7 +30,11 @@ def test_explicit_settings_win(ff_home, monkeypatch):
     monkeypatch.setenv("FORGEFLOW_CATALOG_URL", "postgresql+psycopg2://u@h/db")
     monkeypatch.setenv("FORGEFLOW_RUNNER", "kubernetes")
     s = Settings()
-    assert (s.lake_uri, s.catalog_url, s.runner) == ("s3://bucket/lake", "postgresql+psycopg2://u@h/db", "kubernetes")
+    assert (s.lake_uri, s.catalog_url, s.runner) == (
+        "s3://bucket/lake",
+        "postgresql+psycopg2://u@h/db",
+        "kubernetes",
+    )
 
 
 def test_bad_runner_is_rejected(ff_home, monkeypatch):
@@ -58,7 +62,11 @@ def test_slug_makes_airflow_run_ids_valid():
 def test_spark_resource_defaults_are_the_seed_defaults():
     r = SparkResources()
     assert (r.num_executors, r.executor_cores, r.executor_memory_gb, r.driver_cores, r.driver_memory_gb) == (
-        2, 2, 4, 2, 4,
+        2,
+        2,
+        4,
+        2,
+        4,
     )
 
 
@@ -83,7 +91,15 @@ def test_method_defaults_follow_the_seeds():
     assert default_hyperparams("sft_lora").epochs == 3
     assert default_hyperparams("distill").warmup_ratio == 0.1
     assert default_hyperparams("sft_lora", learning_rate=1e-4).learning_rate == 1e-4
-    assert set(METHOD_DEFAULTS) == {"pretrain", "sft_full", "sft_lora", "prompt_tuning", "reward_model", "dpo", "distill"}
+    assert set(METHOD_DEFAULTS) == {
+        "pretrain",
+        "sft_full",
+        "sft_lora",
+        "prompt_tuning",
+        "reward_model",
+        "dpo",
+        "distill",
+    }
 
 
 def test_learning_rate_range_is_the_seed_range():
@@ -138,5 +154,7 @@ def test_stack_env_binds_everything_to_loopback(ff_home):
     assert env["AIRFLOW__API__HOST"] == "127.0.0.1"
     assert env["AIRFLOW__CORE__PARALLELISM"] == "4"
     cmds = {c.name: c.cmd for c in components(get_settings())}
-    assert "--skip-serve-logs" in cmds["airflow-scheduler"] and "--skip-serve-logs" in cmds["airflow-triggerer"]
+    assert (
+        "--skip-serve-logs" in cmds["airflow-scheduler"] and "--skip-serve-logs" in cmds["airflow-triggerer"]
+    )
     assert cmds["mlflow"][cmds["mlflow"].index("--host") + 1] == "127.0.0.1"
