@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, TriggerRule, dag, get_current_context, task
 
-from tasks.dagkit import DEFAULT_ARGS, engine_step, params_from_model, run_key
+from tasks.dagkit import DEFAULT_ARGS, endpoint_key_params, engine_step, params_from_model, run_key
 from tasks.evaluation import GEN_PREFIX
 from tasks.specs import GenerationParams
 
@@ -48,21 +48,7 @@ from tasks.specs import GenerationParams
             section="Model",
             description="Model name at that endpoint (default: the registered name).",
         ),
-        "endpoint_conn_id": Param(
-            None,
-            type=["null", "string"],
-            section="Model",
-            description="Airflow Connection whose password is that endpoint's bearer key (keys never go "
-            "into Params, specs or logs).",
-        ),
-        "endpoint_api_key_env": Param(
-            None,
-            type=["null", "string"],
-            pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-            section="Model",
-            description="Or the environment variable of the worker (forgeflow-env secret on Kubernetes) "
-            "holding the key.",
-        ),
+        **endpoint_key_params("endpoint_", section="Model"),
         "backend": Param(
             "auto",
             enum=["auto", "vllm", "fallback"],

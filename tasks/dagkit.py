@@ -32,8 +32,10 @@ def params_from_model(
     defaults: dict[str, Any] | None = None,
     prefix: str = "",
     section: str | None = None,
+    fields: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
-    """Airflow Params for each field of a spec model: type, default, range, enum and description.
+    """Airflow Params for each field of a spec model (or those named in ``fields``): type, default, range,
+    pattern, enum and description.
 
     The Params form then shows exactly the contract the engine validates.
     """
@@ -44,6 +46,8 @@ def params_from_model(
     defaults = defaults or {}
     out: dict[str, Any] = {}
     for name, f in model.model_fields.items():
+        if fields is not None and name not in fields:
+            continue
         ann = f.annotation
         kwargs: dict[str, Any] = {"description": f.description or name}
         if section:
@@ -69,9 +73,21 @@ def params_from_model(
                 kwargs["maximum"] = m.le
             elif isinstance(m, Lt):
                 kwargs["exclusiveMaximum"] = m.lt
+            elif getattr(m, "pattern", None):
+                kwargs["pattern"] = m.pattern
         default = defaults.get(name, f.get_default(call_default_factory=True))
         out[prefix + name] = Param(default, **kwargs)
     return out
+
+
+def endpoint_key_params(prefix: str, section: str) -> dict[str, Any]:
+    """Params saying where an endpoint's bearer key is, never the key: ``<prefix>api_key_conn_id`` (an Airflow
+    Connection) and ``<prefix>api_key_env`` (an environment variable), from Endpoint's own fields."""
+    from tasks.specs import Endpoint
+
+    return params_from_model(
+        Endpoint, prefix=prefix, section=section, fields=("api_key_conn_id", "api_key_env")
+    )
 
 
 def engine_step(
@@ -89,29 +105,16 @@ def engine_step(
     when the task runs (TrainOnKubernetesOperator: a pod for one node, a PyTorchJob for more).
     """
     timeout = execution_timeout or timedelta(hours=6)
-    if get_settings().runner == "kubernetes" and engine == "trainers.train":
-        from tasks.k8s_training import TrainOnKubernetesOperator
-
-        upstream = spec_uri.operator.task_id
-        op = TrainOnKubernetesOperator(
-            task_id=task_id,
-            spec_uri="{{ ti.xcom_pull(task_ids='" + upstream + "') }}",
-            execution_timeout=timeout,
-        )
-        spec_uri.operator >> op
-        return op
     if get_settings().runner == "kubernetes":
-        from tasks.runners import engine_pod_operator
+        pulled = "{{ ti.xcom_pull(task_ids='" + spec_uri.operator.task_id + "') }}"
+        if engine == "trainers.train":
+            from tasks.k8s_training import TrainOnKubernetesOperator
 
-        upstream = spec_uri.operator.task_id
-        op = engine_pod_operator(
-            task_id,
-            engine,
-            "{{ ti.xcom_pull(task_ids='" + upstream + "') }}",
-            resources,
-            processes,
-            execution_timeout=timeout,
-        )
+            op = TrainOnKubernetesOperator(task_id=task_id, spec_uri=pulled, execution_timeout=timeout)
+        else:
+            from tasks.runners import engine_pod_operator
+
+            op = engine_pod_operator(task_id, engine, pulled, resources, processes, execution_timeout=timeout)
         spec_uri.operator >> op
         return op
     from airflow.sdk import task

@@ -48,7 +48,7 @@ def build_eval_spec(
             base_url=params["endpoint_url"],
             model=params.get("endpoint_model") or service_model_name(resolved["model_ref"]),
             api_key_env=params.get("endpoint_api_key_env") or None,
-            api_key_conn_id=params.get("endpoint_conn_id") or None,
+            api_key_conn_id=params.get("endpoint_api_key_conn_id") or None,
         )
     gen = {k[len(GEN_PREFIX) :]: v for k, v in params.items() if k.startswith(GEN_PREFIX)}
     spec = EvalSpec(

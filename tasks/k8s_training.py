@@ -290,11 +290,12 @@ class PyTorchJobOperator(BaseOperator):
         self.poll_interval_s = poll_interval_s
         self._job: tuple[str, str] | None = None  # (namespace, name) once submitted
 
-    def manifest(self) -> dict[str, Any]:
-        """The PyTorchJob this task submits for its (rendered) spec_uri, validated."""
+    def manifest(self, spec: TrainSpec | None = None) -> dict[str, Any]:
+        """The PyTorchJob this task submits for its (rendered) spec_uri, validated; ``spec``: the spec at
+        spec_uri when the caller has read it already."""
         from tasks.engine import load_spec
 
-        spec = load_spec(self.spec_uri, TrainSpec)
+        spec = spec or load_spec(self.spec_uri, TrainSpec)
         resources = self.node_resources
         if resources is None:
             resources = spec.resources
@@ -318,9 +319,12 @@ class PyTorchJobOperator(BaseOperator):
         return hook.custom_object_client
 
     def execute(self, context: Any) -> dict[str, Any]:
+        return self.run_job(self.manifest())
+
+    def run_job(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Submit ``manifest`` (or find it submitted by an earlier try), wait, return the engine's result."""
         from kubernetes.client.exceptions import ApiException
 
-        manifest = self.manifest()
         namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
         api = self.api()
         try:
@@ -396,7 +400,7 @@ class TrainOnKubernetesOperator(PyTorchJobOperator):
 
         spec = load_spec(self.spec_uri, TrainSpec)
         if spec.distributed.nodes > 1:
-            return "pytorchjob", self.manifest()
+            return "pytorchjob", self.manifest(spec)
         return "pod", training_pod(
             spec, self.spec_uri, task_id=self.task_id, execution_timeout=self.execution_timeout
         )
@@ -404,7 +408,7 @@ class TrainOnKubernetesOperator(PyTorchJobOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         kind, launch = self.launcher()
         if kind == "pytorchjob":
-            return super().execute(context)
+            return self.run_job(launch)
         log.info("one node: running the training in a pod (%s)", launch.task_id)
         launch.execute(context)
         return read_result(self.spec_uri)

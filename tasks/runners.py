@@ -104,16 +104,29 @@ def torchrun_command(
     return [*cmd, "-m", engine, spec_uri]
 
 
-def distributed_config(spec_uri: str, lake: Lake | None = None) -> DistributedConfig:
-    """The spec's ``distributed`` section (training specs have one); one process without it.
+def _spec_document(spec_uri: str, lake: Lake | None = None) -> dict[str, Any]:
+    """The spec as JSON data, {} when it cannot be read (the engine then reports that itself)."""
+    try:
+        raw = (lake or Lake.from_settings()).read_json(spec_uri)
+    except Exception:
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def _distributed(raw: dict[str, Any]) -> DistributedConfig:
+    """A spec document's ``distributed`` section (training specs have one); one process without it.
 
     A section that does not validate counts as one process: the engine then reports the bad field.
     """
     try:
-        raw = (lake or Lake.from_settings()).read_json(spec_uri)
         return DistributedConfig.model_validate(raw.get("distributed") or {})
     except Exception:
         return DistributedConfig()
+
+
+def distributed_config(spec_uri: str, lake: Lake | None = None) -> DistributedConfig:
+    """The ``distributed`` section of the spec at ``spec_uri`` (see _distributed)."""
+    return _distributed(_spec_document(spec_uri, lake))
 
 
 def read_result(spec_uri: str, lake: Lake | None = None) -> dict[str, Any]:
@@ -143,14 +156,10 @@ def _endpoints(node: Any) -> Iterator[dict[str, Any]]:
             yield from _endpoints(v)
 
 
-def endpoint_keys(spec_uri: str, lake: Lake | None = None) -> dict[str, str]:
-    """Environment variables for the engine: the password of each Airflow Connection a spec's endpoint names
-    (``api_key_conn_id``), under the endpoint's ``api_key_env``. The key goes to the child's environment
-    only, never to the spec, the lake or the log."""
-    try:
-        raw = (lake or Lake.from_settings()).read_json(spec_uri)
-    except Exception:
-        return {}  # the engine reports an unreadable spec itself
+def endpoint_keys(spec_uri: str, raw: dict[str, Any]) -> dict[str, str]:
+    """Environment variables for the engine: the password of each Airflow Connection an endpoint of the spec
+    document ``raw`` names (``api_key_conn_id``), under the endpoint's ``api_key_env``. The key goes to the
+    child's environment only, never to the spec, the lake or the log."""
     out: dict[str, str] = {}
     for ep in _endpoints(raw):
         conn_id = ep.get("api_key_conn_id")
@@ -194,8 +203,9 @@ class LocalRunner:
 
     def command(self, engine: str, spec_uri: str) -> tuple[list[str], dict[str, str]]:
         """The command line and environment: the engine itself, or torchrun for several processes."""
-        env = self.env() | endpoint_keys(spec_uri)
-        dist = distributed_config(spec_uri)
+        raw = _spec_document(spec_uri)  # read once: the processes and the endpoints' keys
+        env = self.env() | endpoint_keys(spec_uri, raw)
+        dist = _distributed(raw)
         if dist.nodes > 1:
             raise ValueError(
                 f"{spec_uri}: distributed.nodes={dist.nodes} needs the Kubernetes runner (a PyTorchJob, "

@@ -243,7 +243,7 @@ def distill_fields(params: dict[str, Any], method: str) -> dict[str, Any]:
         base_url=params["teacher_base_url"],
         model=params["teacher_model"],
         api_key_env=params.get("teacher_api_key_env") or None,
-        api_key_conn_id=params.get("teacher_conn_id") or None,
+        api_key_conn_id=params.get("teacher_api_key_conn_id") or None,
     )
     distill = {k: v for k, v in _strip(params, "distill_").items() if v is not None}
     return {"teacher": teacher, "distill": DistillConfig(**distill)}
@@ -252,6 +252,8 @@ def distill_fields(params: dict[str, Any], method: str) -> dict[str, Any]:
 def distill_params(section: str = "Distillation (method distill)") -> dict[str, Any]:
     """Params for the teacher endpoint and the main distillation settings."""
     from airflow.sdk import Param
+
+    from tasks.dagkit import endpoint_key_params
 
     fields = DistillConfig.model_fields
     return {
@@ -264,21 +266,7 @@ def distill_params(section: str = "Distillation (method distill)") -> dict[str, 
         "teacher_model": Param(
             None, type=["null", "string"], section=section, description="Teacher: model name it serves."
         ),
-        "teacher_conn_id": Param(
-            None,
-            type=["null", "string"],
-            section=section,
-            description="Teacher: Airflow Connection whose password is the bearer key, if the server wants "
-            "one (keys never go into Params, specs or logs).",
-        ),
-        "teacher_api_key_env": Param(
-            None,
-            type=["null", "string"],
-            pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-            section=section,
-            description="Teacher: or the environment variable of the worker (or of the forgeflow-env secret "
-            "on Kubernetes) that holds the key.",
-        ),
+        **endpoint_key_params("teacher_", section),
         "distill_student": Param(
             fields["student"].default,
             enum=["full", "lora"],

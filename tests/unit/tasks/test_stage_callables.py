@@ -224,7 +224,7 @@ def test_distill_params_become_the_teacher_and_the_rules(ff_home):
     chosen = {
         "teacher_base_url": "http://127.0.0.1:9/v1",
         "teacher_model": "big",
-        "teacher_conn_id": "teacher-llm",
+        "teacher_api_key_conn_id": "teacher-llm",
         "distill_student": "lora",
         "distill_min_accept_ratio": 0.8,
         "distill_concurrency": None,
